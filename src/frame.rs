@@ -1,0 +1,240 @@
+//! Frames as the camera hands them over: YUV 4:2:0, planar (I420) or
+//! semi-planar (NV12), with a stride per plane.
+//!
+//! A [`Frame`] borrows its planes, so a libcamera buffer can flow through
+//! flip, motion detection and the encoder without a copy. A [`FrameBuf`] owns
+//! its pixels; it is where a frame goes when it must outlive the capture
+//! buffer (the pre-event ring, a software flip, an encoder worker), and it is
+//! reused rather than reallocated.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// How the chroma of a 4:2:0 frame is laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PixelLayout {
+    /// Three planes: Y, U (Cb), V (Cr); chroma planes are half width, half height.
+    I420,
+    /// Two planes: Y, then interleaved U/V pairs at half height.
+    Nv12,
+}
+
+/// One plane of pixel rows; `stride` is the distance between row starts.
+#[derive(Clone, Copy, Debug)]
+pub struct Plane<'a> {
+    pub data: &'a [u8],
+    pub stride: usize,
+}
+
+impl<'a> Plane<'a> {
+    /// Row `y`, `len` bytes long.
+    #[inline]
+    pub fn row(&self, y: usize, len: usize) -> &'a [u8] {
+        let start = y * self.stride;
+        &self.data[start..start + len]
+    }
+}
+
+/// A borrowed YUV 4:2:0 frame.
+#[derive(Clone, Copy, Debug)]
+pub struct Frame<'a> {
+    pub width: usize,
+    pub height: usize,
+    pub layout: PixelLayout,
+    pub y: Plane<'a>,
+    /// U plane for I420, interleaved UV plane for NV12.
+    pub u: Plane<'a>,
+    /// V plane for I420; empty for NV12.
+    pub v: Plane<'a>,
+    /// The source's frame counter, starting at 0; gaps mean dropped frames.
+    pub seq: u64,
+    /// Capture time, Unix seconds.
+    pub timestamp: f64,
+}
+
+/// Width and height of the chroma planes of a 4:2:0 frame (rounded up).
+#[inline]
+pub fn chroma_size(width: usize, height: usize) -> (usize, usize) {
+    (width.div_ceil(2), height.div_ceil(2))
+}
+
+/// Seconds since the Unix epoch, as carried in the `ts` header key.
+pub fn unix_now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+impl Frame<'_> {
+    /// Checks that every plane is large enough for the stated size and strides,
+    /// so that a bad frame from a source is an error, not a panic later.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let (cw, ch) = chroma_size(self.width, self.height);
+        let need = |plane: &Plane, row_len: usize, rows: usize, name: &str| -> anyhow::Result<()> {
+            anyhow::ensure!(
+                plane.stride >= row_len && plane.data.len() >= plane.stride * (rows - 1) + row_len,
+                "frame {} ({}x{}): {name} plane too small ({} bytes, stride {})",
+                self.seq,
+                self.width,
+                self.height,
+                plane.data.len(),
+                plane.stride
+            );
+            Ok(())
+        };
+        anyhow::ensure!(self.width >= 2 && self.height >= 2, "frame {} is {}x{}: too small", self.seq, self.width, self.height);
+        need(&self.y, self.width, self.height, "Y")?;
+        match self.layout {
+            PixelLayout::I420 => {
+                need(&self.u, cw, ch, "U")?;
+                need(&self.v, cw, ch, "V")
+            }
+            PixelLayout::Nv12 => need(&self.u, cw * 2, ch, "UV"),
+        }
+    }
+}
+
+/// An owned I420 frame, tightly packed, reused across frames.
+#[derive(Clone, Debug, Default)]
+pub struct FrameBuf {
+    pub width: usize,
+    pub height: usize,
+    pub seq: u64,
+    pub timestamp: f64,
+    /// Y, then U, then V, each with stride equal to its width.
+    pub data: Vec<u8>,
+}
+
+impl FrameBuf {
+    /// A mid-grey frame of the given size.
+    pub fn new(width: usize, height: usize) -> Self {
+        let mut buf = FrameBuf::default();
+        buf.resize(width, height);
+        buf.data.fill(128);
+        buf
+    }
+
+    /// Sets the size, growing the allocation only when it must.
+    pub fn resize(&mut self, width: usize, height: usize) {
+        let (cw, ch) = chroma_size(width, height);
+        self.width = width;
+        self.height = height;
+        self.data.resize(width * height + 2 * cw * ch, 0);
+    }
+
+    /// The three planes, mutable, in Y, U, V order.
+    pub fn planes_mut(&mut self) -> (&mut [u8], &mut [u8], &mut [u8]) {
+        let (cw, ch) = chroma_size(self.width, self.height);
+        let (y, chroma) = self.data.split_at_mut(self.width * self.height);
+        let (u, v) = chroma.split_at_mut(cw * ch);
+        (y, u, v)
+    }
+
+    /// Borrows this buffer as a [`Frame`].
+    pub fn as_frame(&self) -> Frame<'_> {
+        let (cw, ch) = chroma_size(self.width, self.height);
+        let (y, chroma) = self.data.split_at(self.width * self.height);
+        let (u, v) = chroma.split_at(cw * ch);
+        Frame {
+            width: self.width,
+            height: self.height,
+            layout: PixelLayout::I420,
+            y: Plane { data: y, stride: self.width },
+            u: Plane { data: u, stride: cw },
+            v: Plane { data: v, stride: cw },
+            seq: self.seq,
+            timestamp: self.timestamp,
+        }
+    }
+
+    /// Copies any frame into this buffer as packed I420, deinterleaving NV12.
+    pub fn copy_from(&mut self, frame: &Frame) {
+        self.resize(frame.width, frame.height);
+        self.seq = frame.seq;
+        self.timestamp = frame.timestamp;
+        let (w, h) = (frame.width, frame.height);
+        let (cw, ch) = chroma_size(w, h);
+        let (y, u, v) = self.planes_mut();
+        for (row, dst) in y.chunks_exact_mut(w).enumerate() {
+            dst.copy_from_slice(frame.y.row(row, w));
+        }
+        match frame.layout {
+            PixelLayout::I420 => {
+                for row in 0..ch {
+                    u[row * cw..(row + 1) * cw].copy_from_slice(frame.u.row(row, cw));
+                    v[row * cw..(row + 1) * cw].copy_from_slice(frame.v.row(row, cw));
+                }
+            }
+            PixelLayout::Nv12 => {
+                for row in 0..ch {
+                    let uv = frame.u.row(row, cw * 2);
+                    let (urow, vrow) = (&mut u[row * cw..(row + 1) * cw], &mut v[row * cw..(row + 1) * cw]);
+                    for (i, pair) in uv.chunks_exact(2).enumerate() {
+                        urow[i] = pair[0];
+                        vrow[i] = pair[1];
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nv12_copies_to_planar_i420() {
+        // 4x2 frame: one chroma row of two UV pairs.
+        let y = [1u8, 2, 3, 4, 5, 6, 7, 8];
+        let uv = [10u8, 20, 11, 21];
+        let frame = Frame {
+            width: 4,
+            height: 2,
+            layout: PixelLayout::Nv12,
+            y: Plane { data: &y, stride: 4 },
+            u: Plane { data: &uv, stride: 4 },
+            v: Plane { data: &[], stride: 0 },
+            seq: 7,
+            timestamp: 1.5,
+        };
+        frame.validate().unwrap();
+        let mut buf = FrameBuf::default();
+        buf.copy_from(&frame);
+        assert_eq!(buf.data, vec![1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 20, 21]);
+        assert_eq!((buf.seq, buf.timestamp), (7, 1.5));
+    }
+
+    #[test]
+    fn strided_planes_are_packed_on_copy() {
+        // Y rows padded to stride 4 for a 2x2 frame.
+        let y = [1u8, 2, 0, 0, 3, 4, 0, 0];
+        let frame = Frame {
+            width: 2,
+            height: 2,
+            layout: PixelLayout::I420,
+            y: Plane { data: &y, stride: 4 },
+            u: Plane { data: &[9], stride: 1 },
+            v: Plane { data: &[8], stride: 1 },
+            seq: 0,
+            timestamp: 0.0,
+        };
+        let mut buf = FrameBuf::default();
+        buf.copy_from(&frame);
+        assert_eq!(buf.data, vec![1, 2, 3, 4, 9, 8]);
+    }
+
+    #[test]
+    fn short_plane_is_rejected() {
+        let y = [0u8; 3];
+        let frame = Frame {
+            width: 2,
+            height: 2,
+            layout: PixelLayout::I420,
+            y: Plane { data: &y, stride: 2 },
+            u: Plane { data: &[0], stride: 1 },
+            v: Plane { data: &[0], stride: 1 },
+            seq: 3,
+            timestamp: 0.0,
+        };
+        let err = frame.validate().unwrap_err().to_string();
+        assert!(err.contains("Y plane too small"), "{err}");
+    }
+}

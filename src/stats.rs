@@ -1,0 +1,151 @@
+//! Counters and per-stage timings of a run, logged at exit and written to
+//! `--stats-json` so benchmarks and tests read numbers, not log lines.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+/// Microseconds spent in each pipeline stage, summed over the run.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StageMicros {
+    pub capture: u64,
+    pub flip: u64,
+    pub motion: u64,
+    pub encode: u64,
+    pub send: u64,
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RunStats {
+    /// Frames captured.
+    pub frames: u64,
+    /// Frames in which the detector saw motion (before hysteresis).
+    pub moving_frames: u64,
+    /// Motion events started.
+    pub events: u64,
+    /// Images encoded (JPEG or raw).
+    pub encoded: u64,
+    /// Messages the transport delivered (REQ: replied to; PUB: handed to ZeroMQ).
+    pub sent: u64,
+    /// Messages dropped because the queue was full or the run ended before they went out.
+    pub dropped: u64,
+    /// Frames the source dropped because the pipeline was late.
+    pub source_dropped: u64,
+    /// Payload bytes delivered.
+    pub bytes: u64,
+    /// Times the REQ socket was recreated after a silent hub.
+    pub reconnects: u64,
+    pub wall_s: f64,
+    pub cpu_s: f64,
+    /// Frames per wall-clock second.
+    pub fps: f64,
+    /// Capture-to-hub latency of delivered images, milliseconds.
+    pub latency_ms_p50: f64,
+    pub latency_ms_p99: f64,
+    /// Peak resident memory, kilobytes.
+    pub max_rss_kb: u64,
+    pub stage_us: StageMicros,
+}
+
+impl RunStats {
+    /// Fills the derived fields at the end of a run.
+    pub fn finish(&mut self, started: Instant) {
+        self.wall_s = started.elapsed().as_secs_f64();
+        let usage = resource_usage();
+        self.cpu_s = usage.0;
+        self.max_rss_kb = usage.1;
+        self.fps = if self.wall_s > 0.0 { self.frames as f64 / self.wall_s } else { 0.0 };
+    }
+
+    /// One log line for the end of a run.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} frames in {:.1}s ({:.1} fps, {:.2}s CPU): {} moving, {} events, {} encoded, {} sent ({} KiB), {} dropped",
+            self.frames,
+            self.wall_s,
+            self.fps,
+            self.cpu_s,
+            self.moving_frames,
+            self.events,
+            self.encoded,
+            self.sent,
+            self.bytes / 1024,
+            self.dropped + self.source_dropped
+        )
+    }
+}
+
+/// User+system CPU seconds and peak RSS (KiB) of this process.
+pub fn resource_usage() -> (f64, u64) {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct we pass; RUSAGE_SELF is always valid.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    (secs(usage.ru_utime) + secs(usage.ru_stime), usage.ru_maxrss as u64)
+}
+
+/// Adds the time since `start` to a stage counter and returns now, so stages
+/// can be timed back to back with one clock read each.
+#[inline]
+pub fn lap(counter: &mut u64, start: Instant) -> Instant {
+    let now = Instant::now();
+    *counter += now.duration_since(start).as_micros() as u64;
+    now
+}
+
+/// A fixed-size record of latencies for percentiles without growing per frame.
+#[derive(Debug)]
+pub struct LatencyRecorder {
+    samples: Vec<f32>,
+    next: usize,
+    filled: bool,
+}
+
+impl LatencyRecorder {
+    pub fn new(capacity: usize) -> Self {
+        LatencyRecorder { samples: vec![0.0; capacity.max(1)], next: 0, filled: false }
+    }
+
+    pub fn record(&mut self, latency: Duration) {
+        self.samples[self.next] = latency.as_secs_f32() * 1000.0;
+        self.next = (self.next + 1) % self.samples.len();
+        self.filled |= self.next == 0;
+    }
+
+    /// The `p`-th percentile (0..100) of what was recorded, in ms.
+    pub fn percentile(&self, p: f64) -> f64 {
+        let n = if self.filled { self.samples.len() } else { self.next };
+        if n == 0 {
+            return 0.0;
+        }
+        let mut sorted = self.samples[..n].to_vec();
+        sorted.sort_by(|a, b| a.total_cmp(b));
+        sorted[((p / 100.0) * (n - 1) as f64).round() as usize] as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_of_recent_samples() {
+        let mut rec = LatencyRecorder::new(100);
+        assert_eq!(rec.percentile(50.0), 0.0);
+        for ms in 1..=100 {
+            rec.record(Duration::from_millis(ms));
+        }
+        assert!((rec.percentile(50.0) - 50.0).abs() <= 1.0);
+        assert!((rec.percentile(99.0) - 99.0).abs() <= 1.0);
+    }
+
+    #[test]
+    fn cpu_time_and_rss_are_measured() {
+        let (cpu, rss) = resource_usage();
+        assert!(cpu > 0.0 && rss > 0);
+    }
+}
