@@ -38,6 +38,8 @@ mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 min_version=0.5
 max_version_excl=0.8
 
+mkdir -p "$cache"
+
 log() { echo "libcamera.sh: $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
@@ -71,6 +73,20 @@ esac
 # --- Debian packages ---------------------------------------------------------
 
 apt_updated=
+apt_update() {
+    local attempt
+    for attempt in 1 2 3; do
+        log "apt-get update"
+        apt-get update -qq >&2 && break
+        # A mirror caught mid-sync serves a stale index for a while, and
+        # multiarch installs need the same version of a package for every
+        # architecture; after the last try the install below fails loudly if
+        # a package really cannot be had.
+        [ "$attempt" -lt 3 ] && { log "apt-get update failed; retrying in $((attempt * 20)) s"; sleep $((attempt * 20)); }
+    done
+    apt_updated=1
+}
+
 # Installs the packages that are missing, running `apt-get update` at most once
 # per invocation and only when something must be installed.
 need_packages() {
@@ -80,38 +96,39 @@ need_packages() {
             missing+=("$pkg")
     done
     [ ${#missing[@]} -eq 0 ] && return 0
-    if [ -z "$apt_updated" ]; then
-        log "apt-get update"
-        apt-get update -qq >&2
-        apt_updated=1
-    fi
+    [ -n "$apt_updated" ] || apt_update
     log "installing ${missing[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" \
+        >"$cache/apt-install.log" 2>&1 ||
+        { tail -30 "$cache/apt-install.log" >&2; die "apt-get install failed; full log: $cache/apt-install.log"; }
 }
 
-# Runtime libraries of the build, plus what the `libcamera` crate needs to
-# compile against it (pkg-config, and libclang for its bindgen step).
-runtime_packages=(libyaml-0-2 libudev1 libyuv0 pkgconf libclang-dev clang)
+# What linking against the build needs: the libraries libcamera links (for
+# the target architecture), and for the `libcamera` crate pkg-config and
+# libclang (its bindgen step).
+target_runtime_libs=(libyaml-0-2 libudev1 libyuv0 libssl3)
+crate_tools=(pkgconf libclang-dev clang)
 # What meson needs to build it. meson, ninja and the code generators run on
 # the build machine; the -dev libraries are for the target architecture.
+# libcamera links libcrypto when it finds it (to check IPA module
+# signatures); libssl-dev makes that lookup succeed the same way for every
+# target instead of failing half-way for a cross one.
 build_tools=(meson ninja-build pkgconf g++ python3-ply python3-jinja2 python3-yaml xz-utils)
-target_dev_libs=(libyaml-dev libudev-dev libyuv-dev)
+target_dev_libs=(libyaml-dev libudev-dev libyuv-dev libssl-dev)
 
 if [ -n "$triple" ]; then
     if ! dpkg --print-foreign-architectures | grep -qx "$deb_arch"; then
         log "dpkg --add-architecture $deb_arch"
         dpkg --add-architecture "$deb_arch"
-        apt_updated=
-        # A new architecture's package lists must be fetched even when every
-        # package is already known for the host.
-        apt-get update -qq >&2
-        apt_updated=1
+        # The new architecture's package lists must be fetched even when
+        # every package is already known for the host.
+        apt_update
     fi
-    runtime_packages+=("gcc-$triple" "g++-$triple" "libc6-dev-$deb_arch-cross")
-    target_pkgs=()
-    for pkg in "${target_dev_libs[@]}" libyaml-0-2 libudev1 libyuv0; do target_pkgs+=("$pkg:$deb_arch"); done
-    target_dev_libs=("${target_pkgs[@]}")
+    crate_tools+=("gcc-$triple" "g++-$triple" "libc6-dev-$deb_arch-cross")
+    target_runtime_libs=("${target_runtime_libs[@]/%/:$deb_arch}")
+    target_dev_libs=("${target_dev_libs[@]/%/:$deb_arch}")
 fi
+runtime_packages=("${target_runtime_libs[@]}" "${crate_tools[@]}")
 
 # --- Which version -----------------------------------------------------------
 
@@ -158,20 +175,16 @@ export PKG_CONFIG_PATH='$prefix/lib/pkgconfig'\${PKG_CONFIG_PATH:+:\$PKG_CONFIG_
 export LD_LIBRARY_PATH='$prefix/lib'\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}
 EOF
     else
-        local t=${rust_target//-/_} T
-        T=$(echo "$t" | tr '[:lower:]' '[:upper:]')
-        # pkg-config must see only the target's .pc files; bindgen and cc
-        # must compile for the target; the linker must be the cross one.
+        local t=${rust_target//-/_}
+        # Per-target variables, so that host builds in the same shell are
+        # unaffected. pkg-config must see only the target's .pc files: this
+        # build's, then the multiarch ones of its dependencies. (The cross
+        # compilers and linker are named in .cargo/config.toml.)
         cat >"$env_file" <<EOF
 export LIBCAMERA_PREFIX_$t='$prefix'
 export PKG_CONFIG_ALLOW_CROSS=1
 export PKG_CONFIG_PATH_$t='$prefix/lib/pkgconfig'
 export PKG_CONFIG_LIBDIR_$t='/usr/lib/$triple/pkgconfig:/usr/share/pkgconfig'
-export CC_$t='$triple-gcc'
-export CXX_$t='$triple-g++'
-export AR_$t='$triple-ar'
-export CARGO_TARGET_${T}_LINKER='$triple-gcc'
-export BINDGEN_EXTRA_CLANG_ARGS_$t='--target=$triple -isystem /usr/$triple/include'
 EOF
     fi
     cat "$env_file"
@@ -294,7 +307,7 @@ c = '$triple-gcc'
 cpp = '$triple-g++'
 ar = '$triple-ar'
 strip = '$triple-strip'
-pkg-config = 'pkg-config'
+pkgconfig = 'pkg-config'
 
 [properties]
 pkg_config_libdir = ['/usr/lib/$triple/pkgconfig', '/usr/share/pkgconfig']

@@ -13,11 +13,13 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::capture::SourceSpec;
-use crate::config::{Config, ConfigOrigin, Format, Mode, Rate, SendPolicy};
+use crate::config::{Checker, Config, ConfigOrigin, Format, Mode, Rate, SendPolicy};
 use crate::flip::Flip;
+use crate::gpio::Gpio;
 use crate::hub::{Hub, HubConfig};
 use crate::pipeline::{detect_frames, Control, Pipeline};
-use crate::status::NodeStatus;
+use crate::transport::security::{self, Role, SecurityConfig};
+use crate::status::{NodeStatus, Phase};
 
 #[derive(Parser, Debug)]
 #[command(name = "camnode", version, about = "A lean imagezmq-compatible camera node: capture, detect motion, send JPEGs over ZeroMQ")]
@@ -41,6 +43,8 @@ pub enum Command {
     Demo(DemoArgs),
     /// Print the effective configuration (defaults, file, flags) as TOML.
     Config(RunArgs),
+    /// Make a CURVE key pair for [security]: NAME.key (public) and NAME.key_secret (secret, mode 0600).
+    Keygen(KeygenArgs),
     /// List the cameras libcamera can see.
     #[cfg(feature = "libcamera")]
     Cameras,
@@ -85,6 +89,9 @@ pub struct RunArgs {
     /// JPEG quality 1-100.
     #[arg(long)]
     pub quality: Option<u8>,
+    /// Encoder threads (1: inline; 0: one per core, at most 4).
+    #[arg(long)]
+    pub workers: Option<usize>,
     /// motion, all or none.
     #[arg(long)]
     pub send: Option<SendPolicy>,
@@ -94,9 +101,18 @@ pub struct RunArgs {
     /// Seconds between heartbeats (0: none).
     #[arg(long)]
     pub heartbeat: Option<f64>,
+    /// Spool directory: event frames wait here while the hub cannot take them (REQ).
+    #[arg(long, value_name = "DIR", env = "CAMNODE_SPOOL")]
+    pub spool: Option<PathBuf>,
+    /// Seconds at the end of a finite run to keep delivering the queue and the spool.
+    #[arg(long, value_name = "SECONDS")]
+    pub drain_timeout: Option<f64>,
     /// Write run statistics as JSON here at exit.
     #[arg(long)]
     pub stats_json: Option<PathBuf>,
+    /// Frames at the start left out of the steady numbers in --stats-json.
+    #[arg(long, value_name = "FRAMES")]
+    pub stats_warmup: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -125,6 +141,25 @@ pub struct HubArgs {
     /// Write the summary as JSON here.
     #[arg(long)]
     pub summary_json: Option<PathBuf>,
+    /// TOML file whose [security] section the hub uses (it ignores a node's other sections).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// CURVE: this hub's secret certificate, NAME.key_secret from `camnode keygen NAME`.
+    #[arg(long)]
+    pub secret_cert: Option<PathBuf>,
+    /// CURVE with --connect: the public certificate (NODE.key) of the PUB node(s).
+    #[arg(long)]
+    pub server_cert: Option<PathBuf>,
+    /// CURVE with --bind: directory of the public certificates (*.key) of the nodes allowed to send.
+    #[arg(long)]
+    pub allowed_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct KeygenArgs {
+    /// Where and under which name to write the pair, e.g. /etc/camnode/garage
+    /// for /etc/camnode/garage.key and /etc/camnode/garage.key_secret.
+    pub name: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -134,6 +169,18 @@ pub struct DetectArgs {
     /// Write one JSON object per frame here (default: stdout).
     #[arg(long)]
     pub jsonl: Option<PathBuf>,
+    /// Draw the score against the threshold over time, events shaded, as an SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+    /// Write the detector's luma, background, difference and blob images (PGM) here.
+    #[arg(long, value_name = "DIR")]
+    pub debug_dir: Option<PathBuf>,
+    /// Frames to write into --debug-dir, e.g. 10,20 (default: each frame where an event starts).
+    #[arg(long, value_name = "N,N,...", value_delimiter = ',', requires = "debug_dir")]
+    pub debug_frames: Vec<u64>,
+    /// Print the frame count, events and the detector's time per frame to stderr.
+    #[arg(long)]
+    pub stats: bool,
 }
 
 #[derive(Args, Debug)]
@@ -177,6 +224,33 @@ impl NodeFlags {
     }
 }
 
+impl HubArgs {
+    /// The hub's `[security]`: the --config file's section, the flags over it, checked for `mode`.
+    fn security(&self, mode: Mode) -> Result<SecurityConfig> {
+        let (mut security, mut origin) = match &self.config {
+            Some(path) => {
+                let (config, origin) = Config::load(path)?;
+                (config.security, origin)
+            }
+            None => (SecurityConfig::default(), ConfigOrigin::default()),
+        };
+        for (flag, key, slot) in [
+            (&self.secret_cert, "secret_cert", &mut security.secret_cert),
+            (&self.server_cert, "server_cert", &mut security.server_cert),
+            (&self.allowed_dir, "allowed_dir", &mut security.allowed_dir),
+        ] {
+            if let Some(path) = flag {
+                *slot = Some(path.clone());
+                origin.set_by_flag("security", key);
+            }
+        }
+        let mut check = Checker::new(&origin);
+        security.check(&mut check, Role::of_hub(mode));
+        check.finish()?;
+        Ok(security)
+    }
+}
+
 impl RunArgs {
     /// The validated configuration these arguments describe.
     pub fn resolve(&self) -> Result<Config> {
@@ -194,9 +268,13 @@ impl RunArgs {
         flag!(name => node.name);
         flag!(view => node.view);
         flag!(quality => encode.quality);
+        flag!(workers => encode.workers);
+        flag!(stats_warmup => stats.warmup);
         flag!(send => encode.send);
         flag!(format => encode.format);
         flag!(heartbeat => node.heartbeat);
+        flag!(spool => spool.dir);
+        flag!(drain_timeout => transport.drain_timeout);
         config.validate(&origin)?;
         Ok(config)
     }
@@ -227,6 +305,12 @@ pub fn main(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Hub(args) => hub(args),
+        Command::Keygen(args) => {
+            let (public, secret) = security::keygen(&args.name)?;
+            println!("wrote {} (public: give it to the peers, for their server_cert or allowed_dir)", public.display());
+            println!("wrote {} (secret, mode 0600: keep it here, for this side's secret_cert)", secret.display());
+            Ok(())
+        }
         Command::Detect(args) => detect(&args),
         Command::Demo(args) => demo(&args),
         #[cfg(feature = "libcamera")]
@@ -241,7 +325,15 @@ fn run(args: &RunArgs) -> Result<()> {
     let config = args.resolve()?;
     let (tx, rx) = channel();
     quit_on_signals(tx.clone(), Arc::new(AtomicBool::new(false)))?;
-    let stats = Pipeline::run(&config, rx, Arc::new(NodeStatus::default()))?;
+    let status = Arc::new(NodeStatus::default());
+    let gpio = Gpio::start(&config.gpio, status.clone(), tx.clone())?;
+    let result = Pipeline::run(&config, rx, status.clone());
+    if result.is_err() {
+        status.set_phase(Phase::Failed);
+    }
+    // The LED's last word: off after a clean run, the fatal pattern first after an error.
+    drop(gpio);
+    let stats = result?;
     log::info!("{}", stats.summary());
     if let Some(path) = &args.stats_json {
         let json = serde_json::to_string_pretty(&stats)?;
@@ -253,8 +345,10 @@ fn run(args: &RunArgs) -> Result<()> {
 
 fn hub(args: HubArgs) -> Result<()> {
     let mode = args.mode.unwrap_or(if args.connect.is_empty() { Mode::Req } else { Mode::Pub });
+    let security = args.security(mode)?;
     let config = HubConfig {
         mode,
+        security,
         bind: args.bind,
         connect: args.connect,
         save: args.save,
@@ -299,19 +393,46 @@ fn detect(args: &DetectArgs) -> Result<()> {
         )),
         None => Box::new(std::io::BufWriter::new(std::io::stdout())),
     };
-    detect_frames(&config, |index, report| {
+    let mut trace = crate::motion::plot::Trace::default();
+    let summary = detect_frames(&config, |index, detector| {
+        let report = detector.report();
         let line = serde_json::json!({
             "frame": index,
             "moving": report.active,
             "score": report.score,
             "threshold": report.threshold,
             "state": report.state,
+            "event": report.event,
+            "light_jump": report.light_jump,
             "boxes": report.boxes,
         });
         writeln!(out, "{line}")?;
+        if args.plot.is_some() {
+            trace.push(report);
+        }
+        if let Some(dir) = &args.debug_dir {
+            let chosen = if args.debug_frames.is_empty() {
+                report.event == Some(crate::motion::MotionEvent::Started)
+            } else {
+                args.debug_frames.contains(&index)
+            };
+            if chosen {
+                detector.write_debug_images(dir, &format!("{index:06}"))?;
+            }
+        }
         Ok(())
     })?;
     out.flush()?;
+    if let Some(path) = &args.plot {
+        let title = format!("camnode detect: {} ({} frames, {} events)", config.capture.source, summary.frames, summary.events);
+        std::fs::write(path, trace.to_svg(&title)).with_context(|| format!("cannot write --plot {}", path.display()))?;
+    }
+    if args.stats {
+        eprintln!(
+            "detect: {} frames of {}x{}, {} events; detector {:.1} us per frame (p99 {:.1} us)",
+            summary.frames, summary.width, summary.height, summary.events, summary.mean_us, summary.p99_us
+        );
+    }
     Ok(())
 }
 

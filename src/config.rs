@@ -16,7 +16,11 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::capture::SourceSpec;
 use crate::flip::Flip;
+use crate::gpio::GpioConfig;
 use crate::motion::MotionConfig;
+use crate::stats::StatsConfig;
+use crate::transport::security::{Role, SecurityConfig};
+use crate::transport::SpoolConfig;
 
 /// The whole configuration of a node.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -27,6 +31,10 @@ pub struct Config {
     pub motion: MotionConfig,
     pub encode: EncodeConfig,
     pub transport: TransportConfig,
+    pub spool: SpoolConfig,
+    pub gpio: GpioConfig,
+    pub security: SecurityConfig,
+    pub stats: StatsConfig,
 }
 
 /// `[node]`: who this node is.
@@ -89,11 +97,16 @@ pub struct EncodeConfig {
     pub format: Format,
     /// JPEG quality, 1..100 (default 90).
     pub quality: u8,
+    /// Encoder threads: 1 encodes on the capture thread; more encode frames
+    /// in parallel and still send them in capture order; 0 starts one per CPU
+    /// core, at most 4, since a 1080p JPEG costs far more than the rest of a
+    /// frame's path (default 0).
+    pub workers: usize,
 }
 
 impl Default for EncodeConfig {
     fn default() -> Self {
-        EncodeConfig { send: SendPolicy::Motion, format: Format::Jpg, quality: 90 }
+        EncodeConfig { send: SendPolicy::Motion, format: Format::Jpg, quality: 90, workers: 0 }
     }
 }
 
@@ -101,8 +114,9 @@ impl Default for EncodeConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TransportConfig {
-    /// "req": connect to a hub and wait for its reply to each message (acknowledged);
-    /// "pub": bind and publish to any subscribed hub (live view, no acknowledgement) (default "req").
+    /// "req": connect to a hub and wait for its reply to each message (acknowledged;
+    /// event frames the hub cannot take wait in the [spool]: for events that must arrive);
+    /// "pub": bind and publish to any subscribed hub (live view, no acknowledgement, nothing spooled) (default "req").
     pub mode: Mode,
     /// REQ: the hub address to connect to (default "tcp://127.0.0.1:5555").
     /// PUB: the address to bind (default "tcp://*:5555").
@@ -114,13 +128,17 @@ pub struct TransportConfig {
     pub reply_timeout: f64,
     /// PUB: messages ZeroMQ buffers per subscriber before dropping (default 8).
     pub pub_hwm: i32,
-    /// Seconds at exit to finish sending what is queued (default 1).
+    /// Seconds at exit to finish sending what is queued: PUB at any exit,
+    /// REQ after a signal, which caps it at 1.5 s (default 1).
     pub linger: f64,
+    /// REQ: seconds at the natural end of a finite run (`frames`, end of a
+    /// file) to keep delivering the queue and the spool before exiting (default 10).
+    pub drain_timeout: f64,
 }
 
 impl Default for TransportConfig {
     fn default() -> Self {
-        TransportConfig { mode: Mode::Req, hub: None, queue: 16, reply_timeout: 3.0, pub_hwm: 8, linger: 1.0 }
+        TransportConfig { mode: Mode::Req, hub: None, queue: 16, reply_timeout: 3.0, pub_hwm: 8, linger: 1.0, drain_timeout: 10.0 }
     }
 }
 
@@ -369,15 +387,20 @@ impl Config {
         }
         check.range("node", "heartbeat", self.node.heartbeat, 0.0, 86400.0);
         check.range("encode", "quality", self.encode.quality as f64, 1.0, 100.0);
+        check.range("encode", "workers", self.encode.workers as f64, 0.0, 16.0);
         check.range("transport", "queue", self.transport.queue as f64, 1.0, 10000.0);
         check.range("transport", "reply_timeout", self.transport.reply_timeout, 0.05, 600.0);
         check.range("transport", "pub_hwm", self.transport.pub_hwm as f64, 1.0, 100000.0);
         check.range("transport", "linger", self.transport.linger, 0.0, 60.0);
+        check.range("transport", "drain_timeout", self.transport.drain_timeout, 0.0, 3600.0);
         let address = self.transport.address();
         if !["tcp://", "ipc://", "inproc://"].iter().any(|p| address.starts_with(p)) {
             check.fail("transport", "hub", &format!("{address:?}"), "use a ZeroMQ address such as \"tcp://hub.local:5555\"");
         }
         self.motion.check(&mut check);
+        self.spool.check(&mut check);
+        self.gpio.check(&mut check);
+        self.security.check(&mut check, Role::of_node(self.transport.mode));
         check.finish()
     }
 

@@ -16,6 +16,7 @@ use log::{info, warn};
 use serde::Serialize;
 
 use crate::config::Mode;
+use crate::transport::security::{Curve, Role, SecurityConfig};
 use crate::transport::wire::{parse_header, Header};
 
 /// How a hub is set up.
@@ -33,11 +34,13 @@ pub struct HubConfig {
     pub idle: Option<Duration>,
     /// Reply sent to REQ nodes.
     pub reply: Vec<u8>,
+    /// CURVE keys; REQ: the hub binds and is the server, PUB: it connects and is a client.
+    pub security: SecurityConfig,
 }
 
 impl Default for HubConfig {
     fn default() -> Self {
-        HubConfig { mode: Mode::Req, bind: "tcp://*:5555".into(), connect: Vec::new(), save: None, count: None, idle: None, reply: b"OK".to_vec() }
+        HubConfig { mode: Mode::Req, bind: "tcp://*:5555".into(), connect: Vec::new(), save: None, count: None, idle: None, reply: b"OK".to_vec(), security: SecurityConfig::default() }
     }
 }
 
@@ -107,6 +110,8 @@ pub struct Hub {
     config: HubConfig,
     socket: zmq::Socket,
     _context: zmq::Context,
+    /// Keeps the CURVE authenticator of a REP hub running.
+    _curve: Option<Curve>,
     log: Option<File>,
     recent: RecentIds,
     pub summary: HubSummary,
@@ -115,10 +120,14 @@ pub struct Hub {
 impl Hub {
     pub fn open(config: HubConfig) -> Result<Hub> {
         let context = zmq::Context::new();
+        let curve = Curve::open(&config.security, Role::of_hub(config.mode), &context)?;
         let socket = match config.mode {
             Mode::Req => {
                 let socket = context.socket(zmq::REP)?;
                 socket.set_linger(0)?;
+                if let Some(curve) = &curve {
+                    curve.secure(&context, &socket, &config.bind)?;
+                }
                 socket.bind(&config.bind).with_context(|| {
                     format!("cannot bind the hub to {:?}: is another hub running on that port? use --bind tcp://*:PORT", config.bind)
                 })?;
@@ -130,6 +139,9 @@ impl Hub {
                 }
                 let socket = context.socket(zmq::SUB)?;
                 socket.set_subscribe(b"")?;
+                if let Some(curve) = &curve {
+                    curve.secure(&context, &socket, &config.connect.join(", "))?;
+                }
                 for address in &config.connect {
                     socket.connect(address).with_context(|| format!("cannot connect to node {address:?}"))?;
                 }
@@ -144,14 +156,17 @@ impl Hub {
             }
             None => None,
         };
-        Ok(Hub { config, socket, _context: context, log, recent: RecentIds::default(), summary: HubSummary::default() })
+        Ok(Hub { config, socket, _context: context, _curve: curve, log, recent: RecentIds::default(), summary: HubSummary::default() })
     }
 
     /// Waits up to `timeout` for one message. `Ok(None)`: nothing arrived, or
     /// a duplicate or malformed message was handled and skipped.
     pub fn receive(&mut self, timeout: Duration) -> Result<Option<Received>> {
-        if self.socket.poll(zmq::POLLIN, timeout.as_millis() as i64)? == 0 {
-            return Ok(None);
+        match self.socket.poll(zmq::POLLIN, timeout.as_millis() as i64) {
+            // A signal interrupts the wait; the caller's loop checks its stop flag.
+            Ok(0) | Err(zmq::Error::EINTR) => return Ok(None),
+            Ok(_) => {}
+            Err(e) => return Err(e.into()),
         }
         let parts = self.socket.recv_multipart(0)?;
         // Reply first: a REQ node is waiting, and whatever we think of the

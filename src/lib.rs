@@ -12,8 +12,11 @@
 //!   are encoded, and keeps pre-event frames.
 //! - [`encode`]: JPEG from YUV planes with libjpeg-turbo, or BGR arrays.
 //! - [`transport`]: the imagezmq wire format and the sender thread (REQ with
-//!   reply timeouts and reconnects, or PUB).
+//!   reply timeouts and reconnects, or PUB), and CURVE encryption and
+//!   authentication of its links (`[security]`).
 //! - [`hub`]: the receiving side, `camnode hub`.
+//! - [`gpio`]: the status LED and the trigger input (a button or PIR sensor),
+//!   behind a small hardware trait with an rppal backend and a fake one.
 //!
 //! Around them: [`config`] (one struct, a section per stage), [`status`]
 //! (shared health for LEDs and watchdogs), [`stats`] (counters and timings),
@@ -25,6 +28,7 @@ pub mod config;
 pub mod encode;
 pub mod flip;
 pub mod frame;
+pub mod gpio;
 pub mod hub;
 pub mod motion;
 pub mod pipeline;

@@ -3,7 +3,18 @@
 
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use crate::transport::SpoolCounts;
+
+/// `[stats]`: how a run is measured.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StatsConfig {
+    /// Frames at the start of a run left out of the `steady` numbers, which
+    /// then exclude one-time costs (buffers growing, connecting) (default 0).
+    pub warmup: u64,
+}
 
 /// Microseconds spent in each pipeline stage, summed over the run.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -36,6 +47,9 @@ pub struct RunStats {
     pub bytes: u64,
     /// Times the REQ socket was recreated after a silent hub.
     pub reconnects: u64,
+    /// Event messages kept on disk while the hub could not take them, and
+    /// what became of them.
+    pub spool: SpoolCounts,
     pub wall_s: f64,
     pub cpu_s: f64,
     /// Frames per wall-clock second.
@@ -46,9 +60,31 @@ pub struct RunStats {
     /// Peak resident memory, kilobytes.
     pub max_rss_kb: u64,
     pub stage_us: StageMicros,
+    /// The run after its first `[stats] warmup` frames: what benchmarks compare.
+    pub steady: Steady,
+    /// Where the steady part began: time, CPU seconds, frames.
+    #[serde(skip)]
+    steady_start: Option<(Instant, f64, u64)>,
+}
+
+/// Rates over the steady part of a run, from the start of frame
+/// `[stats] warmup` to the end, the sending of the last frame included.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Steady {
+    pub frames: u64,
+    pub wall_s: f64,
+    /// CPU seconds of the whole process (every thread).
+    pub cpu_s: f64,
+    pub fps: f64,
+    pub cpu_ms_per_frame: f64,
 }
 
 impl RunStats {
+    /// Marks the start of the steady part: call before the first frame that counts.
+    pub fn start_steady(&mut self) {
+        self.steady_start = Some((Instant::now(), resource_usage().0, self.frames));
+    }
+
     /// Fills the derived fields at the end of a run.
     pub fn finish(&mut self, started: Instant) {
         self.wall_s = started.elapsed().as_secs_f64();
@@ -56,12 +92,22 @@ impl RunStats {
         self.cpu_s = usage.0;
         self.max_rss_kb = usage.1;
         self.fps = if self.wall_s > 0.0 { self.frames as f64 / self.wall_s } else { 0.0 };
+        if let Some((since, cpu, frames)) = self.steady_start {
+            let (frames, wall_s, cpu_s) = (self.frames - frames, since.elapsed().as_secs_f64(), usage.0 - cpu);
+            self.steady = Steady {
+                frames,
+                wall_s,
+                cpu_s,
+                fps: if wall_s > 0.0 { frames as f64 / wall_s } else { 0.0 },
+                cpu_ms_per_frame: if frames > 0 { cpu_s * 1000.0 / frames as f64 } else { 0.0 },
+            };
+        }
     }
 
     /// One log line for the end of a run.
     pub fn summary(&self) -> String {
         format!(
-            "{} frames in {:.1}s ({:.1} fps, {:.2}s CPU): {} moving, {} events, {} encoded, {} sent ({} KiB), {} dropped",
+            "{} frames in {:.1}s ({:.1} fps, {:.2}s CPU): {} moving, {} events, {} encoded, {} sent ({} KiB), {} dropped, {} spooled ({} still waiting)",
             self.frames,
             self.wall_s,
             self.fps,
@@ -71,7 +117,9 @@ impl RunStats {
             self.encoded,
             self.sent,
             self.bytes / 1024,
-            self.dropped + self.source_dropped
+            self.dropped + self.source_dropped,
+            self.spool.stored,
+            self.spool.waiting
         )
     }
 }
@@ -85,7 +133,16 @@ pub fn resource_usage() -> (f64, u64) {
         usage.assume_init()
     };
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    (secs(usage.ru_utime) + secs(usage.ru_stime), usage.ru_maxrss as u64)
+    (secs(usage.ru_utime) + secs(usage.ru_stime), peak_rss_kb().unwrap_or(usage.ru_maxrss as u64))
+}
+
+/// The high-water mark of this process's own memory (VmHWM). `ru_maxrss`
+/// is not that: it survives exec, so a node started by a big process (a
+/// Python benchmark) would report its parent's size.
+fn peak_rss_kb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
+    line.trim().strip_suffix("kB")?.trim().parse().ok()
 }
 
 /// Adds the time since `start` to a stage counter and returns now, so stages

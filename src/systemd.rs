@@ -36,11 +36,11 @@ pub enum Notify {
 }
 
 impl Notify {
-    fn message(self) -> &'static [u8] {
+    fn message(self) -> &'static str {
         match self {
-            Notify::Ready => b"READY=1",
-            Notify::Watchdog => b"WATCHDOG=1",
-            Notify::Stopping => b"STOPPING=1",
+            Notify::Ready => "READY=1",
+            Notify::Watchdog => "WATCHDOG=1",
+            Notify::Stopping => "STOPPING=1",
         }
     }
 }
@@ -88,7 +88,11 @@ impl Notifier {
             }
         };
         let watchdog = watchdog_interval(watchdog_usec, watchdog_pid, own_pid)?;
-        Ok(Notifier { target, watchdog, last_keepalive: None })
+        Ok(Notifier {
+            target,
+            watchdog,
+            last_keepalive: None,
+        })
     }
 
     /// True when a service manager listens, i.e. notifications go somewhere.
@@ -107,14 +111,10 @@ impl Notifier {
             return Ok(());
         };
         let message = state.message();
-        let sent = socket
-            .send_to_addr(message, addr)
-            .with_context(|| format!("cannot send {} to systemd over $NOTIFY_SOCKET", state_name(message)))?;
-        // A datagram is delivered whole or not at all; a short count would
-        // mean the kernel changed that contract.
-        if sent != message.len() {
-            bail!("systemd notification truncated: sent {sent} of {} bytes", message.len());
-        }
+        // A datagram goes out whole or not at all, so the count says nothing.
+        socket
+            .send_to_addr(message.as_bytes(), addr)
+            .with_context(|| format!("cannot send {message} to systemd over $NOTIFY_SOCKET"))?;
         Ok(())
     }
 
@@ -136,12 +136,6 @@ impl Notifier {
         }
         Ok(())
     }
-}
-
-/// `READY=1` -> `READY`, for error messages.
-fn state_name(message: &[u8]) -> String {
-    let key = message.split(|&b| b == b'=').next().unwrap_or(message);
-    String::from_utf8_lossy(key).into_owned()
 }
 
 /// Turns `$NOTIFY_SOCKET` into an address: `@name` is Linux's abstract
@@ -218,8 +212,14 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("notify");
             let socket = UnixDatagram::bind(&path).unwrap();
-            socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            Manager { _dir: dir, path, socket }
+            socket
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            Manager {
+                _dir: dir,
+                path,
+                socket,
+            }
         }
 
         fn recv(&self) -> String {
@@ -254,12 +254,17 @@ mod tests {
 
     #[test]
     fn reaches_an_abstract_socket() {
-        let name = format!("camnode-test-{}-{:?}", std::process::id(), std::thread::current().id());
+        let name = format!(
+            "camnode-test-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        );
         let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
         let manager = UnixDatagram::bind_addr(&addr).unwrap();
-        manager.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let notifier =
-            Notifier::from_vars(Some(format!("@{name}").into()), None, None, 1).unwrap();
+        manager
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let notifier = Notifier::from_vars(Some(format!("@{name}").into()), None, None, 1).unwrap();
         notifier.notify(Notify::Ready).unwrap();
         let mut buf = [0u8; 64];
         let n = manager.recv(&mut buf).unwrap();
@@ -273,7 +278,9 @@ mod tests {
         notifier.notify(Notify::Ready).unwrap();
         notifier.keepalive(Instant::now()).unwrap();
         // An empty variable is how a parent "unsets" it for children.
-        assert!(!Notifier::from_vars(Some("".into()), None, None, 1).unwrap().is_enabled());
+        assert!(!Notifier::from_vars(Some("".into()), None, None, 1)
+            .unwrap()
+            .is_enabled());
     }
 
     #[test]
@@ -282,7 +289,10 @@ mod tests {
         let notifier = notifier(&manager.path, None);
         drop(manager);
         let err = format!("{:#}", notifier.notify(Notify::Ready).unwrap_err());
-        assert!(err.contains("READY") && err.contains("NOTIFY_SOCKET"), "{err}");
+        assert!(
+            err.contains("READY") && err.contains("NOTIFY_SOCKET"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -293,8 +303,13 @@ mod tests {
         let t0 = Instant::now();
         notifier.keepalive(t0).unwrap();
         assert_eq!(manager.recv(), "WATCHDOG=1");
-        notifier.keepalive(t0 + Duration::from_millis(4_999)).unwrap();
-        assert!(manager.is_empty(), "keep-alive sent before half the interval");
+        notifier
+            .keepalive(t0 + Duration::from_millis(4_999))
+            .unwrap();
+        assert!(
+            manager.is_empty(),
+            "keep-alive sent before half the interval"
+        );
         notifier.keepalive(t0 + Duration::from_secs(5)).unwrap();
         assert_eq!(manager.recv(), "WATCHDOG=1");
         // The next one counts from the last send, not from the start.
@@ -317,17 +332,30 @@ mod tests {
         let usec = || Some(OsString::from("30000000"));
         let mine = watchdog_interval(usec(), Some("42".into()), 42).unwrap();
         assert_eq!(mine, Some(Duration::from_secs(30)));
-        assert_eq!(watchdog_interval(usec(), Some("41".into()), 42).unwrap(), None);
-        assert_eq!(watchdog_interval(usec(), None, 42).unwrap(), Some(Duration::from_secs(30)));
-        assert_eq!(watchdog_interval(None, Some("42".into()), 42).unwrap(), None);
+        assert_eq!(
+            watchdog_interval(usec(), Some("41".into()), 42).unwrap(),
+            None
+        );
+        assert_eq!(
+            watchdog_interval(usec(), None, 42).unwrap(),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            watchdog_interval(None, Some("42".into()), 42).unwrap(),
+            None
+        );
     }
 
     #[test]
     fn malformed_variables_are_reported_by_name() {
         let err = |r: Result<Option<Duration>>| format!("{:#}", r.unwrap_err());
-        assert!(err(watchdog_interval(Some("30s".into()), None, 1)).contains("WATCHDOG_USEC=\"30s\""));
+        assert!(
+            err(watchdog_interval(Some("30s".into()), None, 1)).contains("WATCHDOG_USEC=\"30s\"")
+        );
         assert!(err(watchdog_interval(Some("0".into()), None, 1)).contains("WatchdogSec="));
-        assert!(err(watchdog_interval(Some("1".into()), Some("x".into()), 1)).contains("WATCHDOG_PID"));
+        assert!(
+            err(watchdog_interval(Some("1".into()), Some("x".into()), 1)).contains("WATCHDOG_PID")
+        );
         let relative = Notifier::from_vars(Some("run/notify".into()), None, None, 1).unwrap_err();
         assert!(format!("{relative:#}").contains("NOTIFY_SOCKET=\"run/notify\""));
     }

@@ -1,8 +1,10 @@
 //! Turning frames into message payloads: JPEG straight from the YUV planes
 //! with libjpeg-turbo (no RGB step), or BGR arrays for hubs that want numpy
 //! images (imagezmq's `send_image`). One encoder is reused for every frame:
-//! its compressor, scratch buffers and output stay allocated.
+//! its compressor, scratch buffers and output stay allocated. [`EncodePool`]
+//! runs one encoder per worker thread and keeps the output in capture order.
 
+mod pool;
 mod raw;
 
 use anyhow::{Context, Result};
@@ -10,6 +12,7 @@ use turbojpeg::{Compressor, Subsamp, YuvPlanesImage};
 
 use crate::config::Format;
 use crate::frame::{chroma_size, Frame, PixelLayout};
+pub use pool::{worker_count, EncodePool};
 pub use raw::i420_to_bgr;
 
 /// The payload encoder a run uses, chosen by `[encode] format`.
@@ -98,6 +101,10 @@ impl JpegEncoder {
             .compress_yuv_planes_to_slice(&image, &mut self.scratch)
             .with_context(|| format!("cannot encode frame {} ({w}x{h})", frame.seq))?;
         out.clear();
+        // Room for the worst case, once: a recycled payload buffer then never
+        // grows, whatever the next frame compresses to. Only the part written
+        // ever becomes resident.
+        out.reserve(self.scratch.len());
         out.extend_from_slice(&self.scratch[..len]);
         Ok(())
     }

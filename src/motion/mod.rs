@@ -1,25 +1,112 @@
 //! Motion detection on a downscaled luma plane.
 //!
 //! The detector decides what gets encoded and sent, so everything it needs
-//! lives here: the downscaler, the background model, the per-frame score and
-//! the event hysteresis. It only reads the Y plane, shrunk to a small grid
-//! once per frame, which keeps it cheap on a Pi Zero.
+//! lives here. It only reads the Y plane, shrunk once per frame to a grid of
+//! cells about 128 wide ([`grid`]), which keeps it cheap on a Pi Zero; every
+//! later step costs the same whatever the camera's resolution. Per frame:
 //!
-//! v1 (imagenode's algorithm on a grid): running-average background, a
-//! difference threshold, the changed share of a rectangular ROI as the score,
-//! and `min_motion_frames` / `min_still_frames` hysteresis.
+//! 1. **Light** ([`light`]): the background, and the two previous frames, are
+//!    relit to the current frame's illumination with a tone curve and a
+//!    smooth gain field estimated from medians over the whole watched area.
+//!    Clouds, dusk, auto-exposure, lamps and IR switches change the whole
+//!    picture; people change a small part of it, which medians ignore.
+//! 2. **Noise**: the sensor noise of a cell is measured every frame as the
+//!    median absolute residual (robust to the moving part), so a cell changes
+//!    when it differs from the background by `noise_factor` times the noise,
+//!    and never by less than `pixel_threshold`. Each cell also learns how
+//!    much it flickers by itself (leaves, water, a flag) and raises its own
+//!    threshold, learning only from residuals clipped to a few times its
+//!    current spread: a person passing teaches it nothing, a tree that keeps
+//!    waving teaches it fast.
+//! 3. **Blobs** ([`blobs`]): changed cells are grouped. A blob is a moving
+//!    object when it has a seed (a cell well above threshold), has cells that
+//!    changed against the last two frames (so a stopped object, or the ghost
+//!    of one that left, stops counting at once), and changes coherently
+//!    (leaves and speckle change neighbouring cells in opposite directions).
+//!    It counts once seen for `min_blob_frames` frames in a row near where it
+//!    was, and when it covers `min_area_percent` of the watched area: small
+//!    enough for a person far away, and raindrops never persist.
+//! 4. **Learning**: the background follows the scene at `background_alpha`
+//!    per frame, four times slower under moving objects so that a slow walker
+//!    is not absorbed. A change too large to be anything but light
+//!    (`light_reset_percent`) relearns the background at once instead of going
+//!    blind or reporting it.
+//! 5. **Events** ([`hysteresis`]): `min_motion_frames` moving frames start an
+//!    event, `min_still_frames` still ones end it.
+//!
+//! The report carries a score (the largest persistent moving object, in
+//! percent of the watched area) against its threshold (`min_area_percent`)
+//! and the boxes of the accepted objects. All buffers are sized in
+//! [`MotionDetector::new`]; `process` allocates nothing.
 
+mod blobs;
 mod config;
+mod debug;
+mod grid;
 mod hysteresis;
+mod light;
+mod mask;
+pub mod plot;
 
 use std::fmt;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::frame::Frame;
+use blobs::{flags, Blobs, Verdict};
 pub use config::{MotionConfig, RoiRect};
+use grid::LumaGrid;
 pub use hysteresis::Hysteresis;
+use light::Relight;
+pub use mask::Pgm;
+
+/// How fast a cell learns its own flicker, per frame.
+const FLICKER_RATE: f32 = 1.0 / 32.0;
+/// A cell's threshold is at least this many times its own flicker (as a standard deviation).
+const FLICKER_FACTOR: f32 = 3.0;
+/// Flicker learning clips each residual to this many times the cell's spread.
+const FLICKER_CLIP: f32 = 4.0;
+/// A seed differs by this many times the cell's threshold.
+const SEED_FACTOR: f32 = 1.5;
+/// Blobs whose neighbouring cells change alike less often than this flicker.
+const MIN_COHERENCE: f32 = 0.8;
+/// A cell that changed in the opposite direction from the last frame is
+/// flickering, not covered by an object: it learns its flicker this much faster.
+const FLIP_SPEEDUP: f32 = 8.0;
+/// Cells under accepted objects learn flicker this much slower, so that a
+/// person waving on the spot is learnt only if they keep at it.
+const OBJECT_FLICKER_SLOWDOWN: f32 = 4.0;
+/// A frame whose light compensation moved the background by more than this
+/// share on average is a light jump (a switch, not clouds or dusk, which
+/// take a few percent per frame at most): the background is relearnt from
+/// it, so the detector is blind for this one frame and never reports
+/// whatever the compensation could not model.
+const LIGHT_JUMP: f32 = 0.10;
+/// Moving objects need at least this many cells that changed against the
+/// recent frames; one such cell in a fading ghost is noise.
+const MIN_MOVING_CELLS: u32 = 2;
+/// At least 1 in this many cells of a small moving object changed the same
+/// way in the last frame too: an object overlaps itself from frame to frame,
+/// the speckle of leaves and rain mostly does not.
+const STEADY_SHARE: u32 = 4;
+/// Blobs smaller than this many times the minimum area count as small.
+const SMALL_BLOB_FACTOR: u32 = 4;
+/// A cell where changes started more often than this per frame, lately, is
+/// flickering (leaves, water, rain streaks): an object crossing a cell
+/// changes it once, foliage turns it on and off again and again. Such a
+/// cell needs twice the difference to count.
+const TOGGLING: f32 = 0.15;
+const TOGGLE_RATE: f32 = 1.0 / 16.0;
+/// How fast the noise estimate follows the measured noise, per frame.
+const NOISE_RATE: f32 = 0.1;
+/// Share of `background_alpha` at which moving objects are learnt.
+const OBJECT_ALPHA_SHARE: f32 = 0.25;
+/// |residual| histogram for the noise: 8 buckets per luma level, up to 32 levels.
+const NOISE_BUCKETS_PER_LEVEL: f32 = 8.0;
+const NOISE_BUCKETS: usize = 256;
+/// Boxes reported per frame, largest first.
+pub const MAX_BOXES: usize = 16;
 
 /// Whether the scene is in a motion event, after hysteresis.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -40,7 +127,8 @@ impl fmt::Display for MotionState {
 }
 
 /// A state change, reported on the frame where it happens.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum MotionEvent {
     Started,
     Ended,
@@ -66,9 +154,9 @@ impl Serialize for BoundingBox {
 /// steady state allocates nothing.
 #[derive(Clone, Debug, Default)]
 pub struct MotionReport {
-    /// Changed share of the region of interest, in percent.
+    /// Size of the largest persistent moving object, in percent of the watched area.
     pub score: f32,
-    /// The score at or above which a frame counts as moving.
+    /// The score at or above which a frame counts as moving (`min_area_percent`).
     pub threshold: f32,
     /// This frame alone shows motion (before hysteresis).
     pub active: bool,
@@ -76,18 +164,41 @@ pub struct MotionReport {
     pub state: MotionState,
     /// Set on the frame where an event starts or ends.
     pub event: Option<MotionEvent>,
-    /// Changed regions, in full-frame pixels.
+    /// Moving objects, largest first, in full-frame pixels.
     pub boxes: Vec<BoundingBox>,
+    /// The light changed beyond compensation and the background was relearnt.
+    pub light_jump: bool,
 }
 
 /// The motion detector: feed it every frame in order.
 pub struct MotionDetector {
     config: MotionConfig,
     grid: LumaGrid,
+    /// Cells inside the ROI and the mask.
+    watched: Vec<bool>,
+    watched_cells: usize,
+    min_blob_cells: u32,
     background: Vec<f32>,
-    /// Grid cells inside the ROI.
-    roi_mask: Vec<bool>,
-    roi_cells: usize,
+    /// The previous frame and the one before, relit like the background.
+    recent: [Vec<f32>; 2],
+    /// Per cell, the variance of its residual when nothing moves there.
+    flicker: Vec<f32>,
+    /// Sensor noise of one cell (a standard deviation), followed over frames;
+    /// negative until the first measurement.
+    noise: f32,
+    light: Relight,
+    /// This frame's residual (luma minus relit background) and thresholds.
+    residual: Vec<f32>,
+    threshold: Vec<f32>,
+    cell_flags: Vec<u8>,
+    /// Last frame's flags, to see cells flip between brighter and darker.
+    last_flags: Vec<u8>,
+    blobs: Blobs,
+    /// Per cell, how often a change started there lately (per frame).
+    toggles: Vec<f32>,
+    noise_hist: Vec<u32>,
+    /// Indices of accepted blobs, for ordering the boxes.
+    accepted: Vec<u32>,
     primed: bool,
     hysteresis: Hysteresis,
     report: MotionReport,
@@ -97,101 +208,214 @@ impl MotionDetector {
     /// A detector for frames of `width` x `height`.
     pub fn new(config: &MotionConfig, width: usize, height: usize) -> Result<Self> {
         let grid = LumaGrid::new(width, height, config.grid_width);
-        let roi_mask = config.roi_mask(grid.width, grid.height);
-        let roi_cells = roi_mask.iter().filter(|&&inside| inside).count();
-        anyhow::ensure!(roi_cells > 0, "[motion] roi covers no part of the {width}x{height} frame; widen it");
+        let (gw, gh) = (grid.width, grid.height);
+        let mask = match &config.mask_file {
+            Some(path) => Some(Pgm::read(path).with_context(|| {
+                format!("[motion] mask_file = {:?}: save it as a greyscale PGM (P5 or P2), white where motion counts", path.display().to_string())
+            })?),
+            None => None,
+        };
+        let watched = mask::watched_cells(&config.roi_mask(gw, gh), mask.as_ref(), gw, gh, grid.cell, (width, height));
+        let watched_cells = watched.iter().filter(|&&w| w).count();
+        anyhow::ensure!(
+            watched_cells > 0,
+            "[motion] roi and mask_file leave no part of the {width}x{height} frame to watch; widen the roi or whiten the mask"
+        );
+        let min_blob_cells = ((config.min_area_percent / 100.0 * watched_cells as f32).ceil() as u32).max(1);
+        let cells = gw * gh;
         Ok(MotionDetector {
             config: config.clone(),
-            background: vec![0.0; grid.width * grid.height],
+            watched,
+            watched_cells,
+            min_blob_cells,
+            background: vec![0.0; cells],
+            recent: [vec![0.0; cells], vec![0.0; cells]],
+            flicker: vec![0.0; cells],
+            noise: -1.0,
+            light: Relight::new(gw, gh),
+            residual: vec![0.0; cells],
+            threshold: vec![0.0; cells],
+            cell_flags: vec![0; cells],
+            last_flags: vec![0; cells],
+            blobs: Blobs::new(gw, gh),
+            toggles: vec![0.0; cells],
+            noise_hist: vec![0; NOISE_BUCKETS],
+            accepted: Vec::with_capacity(cells),
             grid,
-            roi_mask,
-            roi_cells,
             primed: false,
             hysteresis: Hysteresis::new(config.min_motion_frames, config.min_still_frames),
-            report: MotionReport::default(),
+            report: MotionReport { boxes: Vec::with_capacity(MAX_BOXES), ..MotionReport::default() },
         })
     }
 
     /// Scores one frame and advances the event state.
     pub fn process(&mut self, frame: &Frame) -> &MotionReport {
         self.grid.sample(frame);
-        let luma = &self.grid.cells;
         if !self.primed {
-            for (bg, &v) in self.background.iter_mut().zip(luma) {
-                *bg = v as f32;
-            }
             self.primed = true;
+            self.relearn();
+            return self.finish(false);
         }
-        let alpha = self.config.background_alpha;
-        let threshold = self.config.pixel_threshold as f32;
-        let mut changed = 0usize;
-        let (mut x0, mut y0, mut x1, mut y1) = (usize::MAX, usize::MAX, 0, 0);
-        for (i, (bg, &v)) in self.background.iter_mut().zip(luma).enumerate() {
-            let v = v as f32;
-            if self.roi_mask[i] && (v - *bg).abs() > threshold {
-                changed += 1;
-                let (x, y) = (i % self.grid.width, i / self.grid.width);
-                (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x), y1.max(y));
+        let light_jump = self.compensate_light();
+        self.measure_noise();
+        if self.mark_changed_cells() || light_jump {
+            self.relearn();
+            return self.finish(true);
+        }
+        let (min_frames, min_cells) = (self.config.min_blob_frames, self.min_blob_cells);
+        self.blobs.label(&self.cell_flags);
+        self.blobs.classify(|b| b.seeds > 0 && b.moving >= MIN_MOVING_CELLS.min(b.area) && b.coherence() >= MIN_COHERENCE);
+        // A small object must overlap itself from the last frame: speckle rarely does.
+        let solid = |b: &blobs::Blob| b.area >= SMALL_BLOB_FACTOR * min_cells || b.steady * STEADY_SHARE >= b.area;
+        self.blobs.accept(solid, min_frames, min_cells);
+        self.learn();
+        self.finish(false)
+    }
+
+    /// The report of the last processed frame.
+    pub fn report(&self) -> &MotionReport {
+        &self.report
+    }
+
+    /// Grid size in cells, and the side of a cell in pixels.
+    pub fn grid_size(&self) -> (usize, usize, usize) {
+        (self.grid.width, self.grid.height, self.grid.cell)
+    }
+
+    /// Relights the background and recent frames; true on a light jump.
+    fn compensate_light(&mut self) -> bool {
+        // Last frame's moving objects are left out of the light statistics.
+        let (watched, blobs) = (&self.watched, &self.blobs);
+        let steady = |i: usize| watched[i] && !matches!(blobs.verdict_at(i), Some(Verdict::Candidate | Verdict::Accepted));
+        self.light.estimate(&self.grid.cells, &self.background, steady);
+        let step = self.light.apply(&mut self.background, &self.watched);
+        for recent in &mut self.recent {
+            self.light.apply(recent, &self.watched);
+        }
+        step > LIGHT_JUMP
+    }
+
+    fn measure_noise(&mut self) {
+        self.noise_hist.fill(0);
+        let top = (NOISE_BUCKETS - 1) as f32;
+        for (i, ((r, &l), &b)) in self.residual.iter_mut().zip(&self.grid.cells).zip(&self.background).enumerate() {
+            *r = l - b;
+            if self.watched[i] {
+                self.noise_hist[(r.abs() * NOISE_BUCKETS_PER_LEVEL).min(top) as usize] += 1;
             }
-            *bg += alpha * (v - *bg);
         }
+        // For normal noise the median absolute deviation is 0.674 sigma.
+        let measured = light::median(&self.noise_hist) / NOISE_BUCKETS_PER_LEVEL * 1.4826;
+        self.noise = if self.noise < 0.0 { measured } else { self.noise + NOISE_RATE * (measured - self.noise) };
+    }
+
+    /// Sets the flags of every cell; true when so much changed that it can
+    /// only be light the compensation could not follow.
+    fn mark_changed_cells(&mut self) -> bool {
+        let base = (self.config.pixel_threshold as f32).max(self.config.noise_factor * self.noise);
+        let luma = &self.grid.cells;
+        let mut changed = 0;
+        for i in 0..luma.len() {
+            let mut t = base.max(FLICKER_FACTOR * self.flicker[i].sqrt());
+            if self.toggles[i] > TOGGLING {
+                t *= 2.0;
+            }
+            self.threshold[i] = t;
+            let r = self.residual[i];
+            let mut f = 0;
+            if self.watched[i] && r.abs() > t {
+                changed += 1;
+                f = flags::CHANGED;
+                if r > 0.0 {
+                    f |= flags::BRIGHTER;
+                }
+                if r.abs() > SEED_FACTOR * t {
+                    f |= flags::SEED;
+                }
+                if (luma[i] - self.recent[0][i]).abs() > t || (luma[i] - self.recent[1][i]).abs() > t {
+                    f |= flags::MOVING;
+                }
+                let last = self.last_flags[i];
+                if last & flags::CHANGED != 0 && (last ^ f) & flags::BRIGHTER == 0 {
+                    f |= flags::STEADY;
+                }
+            }
+            self.cell_flags[i] = f;
+        }
+        changed as f32 > self.config.light_reset_percent / 100.0 * self.watched_cells as f32
+    }
+
+    /// Background, flicker and recent frames learn from this frame.
+    fn learn(&mut self) {
+        let alpha = self.config.background_alpha;
+        let noise_var = self.noise * self.noise;
+        let luma = &self.grid.cells;
+        for i in 0..luma.len() {
+            let verdict = self.blobs.verdict_at(i);
+            let on_object = matches!(verdict, Some(Verdict::Candidate | Verdict::Accepted));
+            let rate = if on_object { alpha * OBJECT_ALPHA_SHARE } else { alpha };
+            self.background[i] += rate * (luma[i] - self.background[i]);
+            let flipped = (self.cell_flags[i] & self.last_flags[i] & flags::CHANGED != 0)
+                && ((self.cell_flags[i] ^ self.last_flags[i]) & flags::BRIGHTER != 0);
+            let rate = match verdict {
+                Some(Verdict::Accepted) => FLICKER_RATE / OBJECT_FLICKER_SLOWDOWN,
+                _ if flipped => FLICKER_RATE * FLIP_SPEEDUP,
+                _ => FLICKER_RATE,
+            };
+            let started = self.cell_flags[i] & !self.last_flags[i] & flags::CHANGED != 0;
+            self.toggles[i] += TOGGLE_RATE * (started as u32 as f32 - self.toggles[i]);
+            let spread = self.flicker[i].max(noise_var);
+            let r2 = (self.residual[i] * self.residual[i]).min(FLICKER_CLIP * FLICKER_CLIP * spread);
+            self.flicker[i] += rate * (r2 - self.flicker[i]);
+        }
+        std::mem::swap(&mut self.cell_flags, &mut self.last_flags);
+        let [newest, older] = &mut self.recent;
+        std::mem::swap(newest, older);
+        newest.copy_from_slice(luma);
+    }
+
+    /// Takes the current frame as the background (first frame, light jump).
+    fn relearn(&mut self) {
+        let luma = &self.grid.cells;
+        self.background.copy_from_slice(luma);
+        for recent in &mut self.recent {
+            recent.copy_from_slice(luma);
+        }
+        self.cell_flags.fill(0);
+        self.last_flags.fill(0);
+        self.residual.fill(0.0);
+        self.blobs.forget();
+    }
+
+    fn finish(&mut self, light_jump: bool) -> &MotionReport {
         let report = &mut self.report;
-        report.score = 100.0 * changed as f32 / self.roi_cells as f32;
+        report.light_jump = light_jump;
         report.threshold = self.config.min_area_percent;
-        report.active = changed > 0 && report.score >= report.threshold;
         report.boxes.clear();
-        if report.active {
-            report.boxes.push(self.grid.to_frame_box(x0, y0, x1, y1));
+        let mut largest = 0;
+        self.accepted.clear();
+        if !light_jump && self.primed {
+            for (index, blob) in self.blobs.list.iter().enumerate() {
+                if blob.verdict != Verdict::Rejected && blob.age >= self.config.min_blob_frames {
+                    largest = largest.max(blob.area);
+                }
+                if blob.verdict == Verdict::Accepted {
+                    self.accepted.push(index as u32);
+                }
+            }
         }
+        let blobs = &self.blobs.list;
+        if std::env::var_os("TMPDBG").is_some() { for &i in &self.accepted { let b=&blobs[i as usize]; eprintln!("TMPDBG area {} seeds {} moving {} steady {} coh {:.2} age {} box {},{}-{},{} noise {:.2}", b.area, b.seeds, b.moving, b.steady, b.coherence(), b.age, b.x0,b.y0,b.x1,b.y1, self.noise); } }
+        self.accepted.sort_unstable_by_key(|&i| std::cmp::Reverse(blobs[i as usize].area));
+        for &i in self.accepted.iter().take(MAX_BOXES) {
+            let b = &blobs[i as usize];
+            let [x, y, width, height] = self.grid.to_frame_rect(b.x0 as usize, b.y0 as usize, b.x1 as usize, b.y1 as usize);
+            report.boxes.push(BoundingBox { x, y, width, height });
+        }
+        report.score = 100.0 * largest as f32 / self.watched_cells as f32;
+        report.active = !self.accepted.is_empty();
         report.event = self.hysteresis.update(report.active);
         report.state = self.hysteresis.state();
         report
-    }
-}
-
-/// The luma plane averaged down to a small grid of cells.
-struct LumaGrid {
-    width: usize,
-    height: usize,
-    /// Frame pixels per cell, horizontally and vertically.
-    cell_w: usize,
-    cell_h: usize,
-    cells: Vec<u8>,
-    /// Per-cell sums of the grid row being built.
-    row_sums: Vec<u32>,
-}
-
-impl LumaGrid {
-    fn new(frame_width: usize, frame_height: usize, grid_width: usize) -> Self {
-        let cell = (frame_width / grid_width.max(1)).max(1);
-        let (width, height) = ((frame_width / cell).max(1), (frame_height / cell).max(1));
-        LumaGrid { width, height, cell_w: cell, cell_h: cell, cells: vec![0; width * height], row_sums: vec![0; width] }
-    }
-
-    /// Averages each cell's pixels (rows summed, then divided once).
-    fn sample(&mut self, frame: &Frame) {
-        let area = (self.cell_w * self.cell_h) as u32;
-        for gy in 0..self.height {
-            let sums = &mut self.row_sums;
-            sums.fill(0);
-            for dy in 0..self.cell_h {
-                let row = frame.y.row(gy * self.cell_h + dy, self.width * self.cell_w);
-                for (sum, chunk) in sums.iter_mut().zip(row.chunks_exact(self.cell_w)) {
-                    *sum += chunk.iter().map(|&p| p as u32).sum::<u32>();
-                }
-            }
-            for (cell, sum) in self.cells[gy * self.width..(gy + 1) * self.width].iter_mut().zip(sums.iter()) {
-                *cell = (sum / area) as u8;
-            }
-        }
-    }
-
-    fn to_frame_box(&self, x0: usize, y0: usize, x1: usize, y1: usize) -> BoundingBox {
-        BoundingBox {
-            x: (x0 * self.cell_w) as u32,
-            y: (y0 * self.cell_h) as u32,
-            width: ((x1 - x0 + 1) * self.cell_w) as u32,
-            height: ((y1 - y0 + 1) * self.cell_h) as u32,
-        }
     }
 }

@@ -21,14 +21,15 @@ use log::{debug, info, warn};
 
 use crate::capture::{self, FrameSource, OpenOptions};
 use crate::config::{Config, Format, Rate, SendPolicy};
-use crate::encode::{placeholder_jpeg, Encoder};
+use crate::encode::{placeholder_jpeg, worker_count, EncodePool};
 use crate::flip::{flip_into, Flip};
 use crate::frame::{unix_now, Frame, FrameBuf};
-use crate::motion::{BoundingBox, MotionDetector, MotionEvent, MotionReport, MotionState};
+use crate::gpio::TriggerMode;
+use crate::motion::{BoundingBox, MotionDetector, MotionEvent, MotionState};
 use crate::stats::{lap, RunStats};
 use crate::status::{NodeStatus, Phase};
 use crate::transport::wire::OutHeader;
-use crate::transport::{BufferPool, Message, MessageKind, Sender};
+use crate::transport::{BufferPool, Message, MessageKind, Sender, Shutdown};
 use ring::FrameRing;
 
 /// Messages that reach the main loop from outside the camera.
@@ -36,16 +37,22 @@ use ring::FrameRing;
 pub enum Control {
     /// Stop: a signal, or the end of a test.
     Quit,
+    /// The trigger input was pressed; `[gpio] trigger_mode` says what that does.
+    Trigger,
 }
 
-/// The fixed texts of this node's messages, built once.
+/// The fixed texts of this node's messages, built once. Shared (`Arc<str>`),
+/// so that the hot path hands one to a message without allocating.
 struct Texts {
-    node: String,
-    image: String,
-    moving: String,
-    still: String,
-    heartbeat: String,
-    restart: String,
+    node: Arc<str>,
+    image: Arc<str>,
+    moving: Arc<str>,
+    still: Arc<str>,
+    pressed: Arc<str>,
+    armed: Arc<str>,
+    disarmed: Arc<str>,
+    heartbeat: Arc<str>,
+    restart: Arc<str>,
 }
 
 impl Texts {
@@ -56,12 +63,15 @@ impl Texts {
             Format::Raw => "image",
         };
         Texts {
-            image: format!("{node} {view}|{image_kind}"),
-            moving: format!("{node} {view}|motion|moving"),
-            still: format!("{node} {view}|motion|still"),
-            heartbeat: format!("{node}|Heartbeat"),
-            restart: format!("{node}|Restart|{}|camnode {}", crate::config::host_name(), env!("CARGO_PKG_VERSION")),
-            node: node.clone(),
+            image: format!("{node} {view}|{image_kind}").into(),
+            moving: format!("{node} {view}|motion|moving").into(),
+            still: format!("{node} {view}|motion|still").into(),
+            pressed: format!("{node} {view}|trigger|pressed").into(),
+            armed: format!("{node} {view}|trigger|armed").into(),
+            disarmed: format!("{node} {view}|trigger|disarmed").into(),
+            heartbeat: format!("{node}|Heartbeat").into(),
+            restart: format!("{node}|Restart|{}|camnode {}", crate::config::host_name(), env!("CARGO_PKG_VERSION")).into(),
+            node: node.as_str().into(),
         }
     }
 }
@@ -71,7 +81,9 @@ pub struct Pipeline {
     config: Config,
     texts: Texts,
     detector: MotionDetector,
-    encoder: Encoder,
+    /// Every outgoing message passes through here, images to be encoded and
+    /// texts alike, and leaves in the order it came.
+    encoder: EncodePool,
     sender: Option<Sender>,
     pool: BufferPool,
     status: Arc<NodeStatus>,
@@ -81,9 +93,20 @@ pub struct Pipeline {
     pre_event: FrameRing,
     /// Frames still to send after an event ended.
     post_event_left: u32,
+    /// Frames still to send for a trigger press (`trigger_mode = "capture"`).
+    burst_left: u32,
+    /// Motion detection and sending are on; `trigger_mode = "arm"` switches them.
+    armed: bool,
+    /// Trigger presses so far, the sequence number of trigger events.
+    presses: u64,
+    /// Frame size, for a fresh detector when re-armed.
+    size: (usize, usize),
     boot: u64,
     /// This frame's motion boxes, copied out of the detector's report.
     boxes: Vec<BoundingBox>,
+    /// The images going out now belong to an event (moving, pre- or
+    /// post-event, a trigger burst): the spool keeps them when the hub cannot.
+    in_event: bool,
     stats: RunStats,
 }
 
@@ -99,10 +122,16 @@ impl Pipeline {
             flip: config.capture.flip,
             seed: config.capture.seed,
         };
-        let mut source = capture::open(&config.capture.source, &options)
+        let source = capture::open(&config.capture.source, &options)
             .with_context(|| format!("cannot open [capture] source = \"{}\"", config.capture.source))?;
+        info!("capturing {}x{} from {}", source.size().0, source.size().1, config.capture.source);
+        Pipeline::run_source(config, source, controls, status)
+    }
+
+    /// Runs on a source that is already open, in place of `[capture] source`:
+    /// for embedding camnode, and for tests that watch frames go by.
+    pub fn run_source(config: &Config, mut source: Box<dyn FrameSource>, controls: Receiver<Control>, status: Arc<NodeStatus>) -> Result<RunStats> {
         let (width, height) = source.size();
-        info!("capturing {width}x{height} from {}", config.capture.source);
         let pool = BufferPool::default();
         let placeholder = match config.encode.format {
             Format::Jpg => placeholder_jpeg()?,
@@ -111,16 +140,21 @@ impl Pipeline {
         let mut pipeline = Pipeline {
             texts: Texts::new(config),
             detector: MotionDetector::new(&config.motion, width, height)?,
-            encoder: Encoder::new(config.encode.format, config.encode.quality)?,
-            sender: Some(Sender::start(&config.transport, pool.clone(), status.clone())?),
+            encoder: EncodePool::new(worker_count(config.encode.workers), config.encode.format, config.encode.quality)?,
+            sender: Some(Sender::start(&config.transport, &config.spool, &config.security, pool.clone(), status.clone())?),
             pool,
             status,
             placeholder,
             flipped: FrameBuf::default(),
             pre_event: FrameRing::new(if config.encode.send == SendPolicy::Motion { config.motion.pre_event_frames } else { 0 }),
             post_event_left: 0,
+            burst_left: 0,
+            armed: true,
+            presses: 0,
+            size: (width, height),
             boot: (unix_now() * 1e6) as u64,
-            boxes: Vec::new(),
+            boxes: Vec::with_capacity(crate::motion::MAX_BOXES),
+            in_event: false,
             stats: RunStats::default(),
             config: config.clone(),
         };
@@ -150,11 +184,21 @@ impl Pipeline {
                     quit = true;
                     break Ok(());
                 }
+                // Back to waiting after a press: it does not bring the next frame forward.
+                Ok(Control::Trigger) => match self.trigger() {
+                    Ok(()) => continue,
+                    Err(e) => break Err(e),
+                },
                 Err(RecvTimeoutError::Timeout) => {}
             }
+            // Images the workers finished meanwhile go out before the next frame is read.
+            self.release();
             if let Some(period) = pace {
                 // Catch up after a slow frame instead of bursting.
                 next_due = (next_due + period).max(Instant::now());
+            }
+            if self.stats.frames == self.config.stats.warmup {
+                self.stats.start_steady();
             }
             let t0 = Instant::now();
             let frame = match source.next_frame() {
@@ -187,12 +231,16 @@ impl Pipeline {
                 }
             }
         };
+        // Frames still with the encoder workers go out before the sender stops.
+        let flushed = self.encoder.flush();
+        self.release();
+        let result = result.and(flushed);
         self.stats.source_dropped = source.dropped();
         self.status.set_phase(if result.is_ok() { Phase::Stopped } else { Phase::Failed });
-        // On a signal the whole exit must fit in 2 s; at a natural end the configured linger applies in full.
-        let linger = Duration::from_secs_f64(self.config.transport.linger);
-        let linger = if quit { linger.min(Duration::from_millis(1500)) } else { linger };
-        self.finish_sending(linger);
+        // On a signal the whole exit must fit in 2 s, and the spool waits for
+        // the next start; at the end of a finite run (or a failed source) the
+        // queue and the spool get up to `drain_timeout`.
+        self.finish_sending(if quit { Shutdown::Signal } else { Shutdown::Drain });
         self.stats.finish(started);
         result.map(|()| std::mem::take(&mut self.stats))
     }
@@ -200,8 +248,15 @@ impl Pipeline {
     /// Motion detection, the send decision and encoding for one frame.
     fn process(&mut self, frame: &Frame, t0: Instant) -> Result<()> {
         self.stats.frames += 1;
+        // Disarmed, the node does not look at the scene at all: no motion
+        // events, no images, no CPU spent on detection.
+        if !self.armed {
+            return Ok(());
+        }
         let report = self.detector.process(frame);
         let (event, state, active) = (report.event, report.state, report.active);
+        // Pre-event frames go out on the frame that starts an event, in state Moving too.
+        self.in_event = state == MotionState::Moving;
         let score = report.score;
         self.boxes.clear();
         self.boxes.extend_from_slice(&report.boxes);
@@ -214,14 +269,15 @@ impl Pipeline {
                 info!("motion started at frame {} (score {score:.2})", frame.seq);
                 self.event(&self.texts.moving.clone(), frame, score);
                 // The frames that led up to the event go first, in capture order.
-                for buffered in self.pre_event.drain() {
+                while let Some(buffered) = self.pre_event.pop_oldest() {
                     let result = self.send_image(&buffered.as_frame(), None);
                     self.pre_event.recycle(buffered);
                     result?;
                 }
             }
             Some(MotionEvent::Ended) => {
-                self.status.set_event_active(false);
+                // A trigger burst may still be going out.
+                self.status.set_event_active(self.burst_left > 0);
                 info!("motion ended at frame {}", frame.seq);
                 self.event(&self.texts.still.clone(), frame, score);
                 self.post_event_left = self.config.motion.post_event_frames;
@@ -242,24 +298,65 @@ impl Pipeline {
 
     /// The one place that decides whether a frame is encoded and sent.
     fn decide(&mut self, state: MotionState) -> bool {
+        // A trigger burst goes out whatever the motion state and the send policy.
+        if self.burst_left > 0 {
+            self.burst_left -= 1;
+            if self.burst_left == 0 {
+                self.status.set_event_active(state == MotionState::Moving);
+            }
+            self.in_event = true;
+            return true;
+        }
         match self.config.encode.send {
             SendPolicy::All => true,
             SendPolicy::None => false,
             SendPolicy::Motion if state == MotionState::Moving => true,
             SendPolicy::Motion if self.post_event_left > 0 => {
                 self.post_event_left -= 1;
+                self.in_event = true;
                 true
             }
             SendPolicy::Motion => false,
         }
     }
 
+    /// A press of the trigger input: an event and a burst of frames, or
+    /// motion detection and sending switched on or off.
+    fn trigger(&mut self) -> Result<()> {
+        self.presses += 1;
+        let text = match self.config.gpio.trigger_mode {
+            TriggerMode::Capture => {
+                // A press during a burst starts it over: every press is followed by its frames.
+                self.burst_left = self.config.gpio.trigger_frames;
+                self.status.set_event_active(true);
+                info!("trigger pressed: sending {} frames", self.burst_left);
+                self.texts.pressed.clone()
+            }
+            TriggerMode::Arm if !self.armed => {
+                self.armed = true;
+                // The background is as old as the pause: start again from the scene as it is now.
+                let (width, height) = self.size;
+                self.detector = MotionDetector::new(&self.config.motion, width, height)?;
+                info!("trigger pressed: armed, motion is sent again");
+                self.texts.armed.clone()
+            }
+            TriggerMode::Arm => {
+                self.armed = false;
+                // An event in progress ends here, and no frame kept from before goes out later.
+                self.post_event_left = 0;
+                self.status.set_event_active(false);
+                self.pre_event.clear();
+                info!("trigger pressed: disarmed, motion is not sent until the next press");
+                self.texts.disarmed.clone()
+            }
+        };
+        self.text_message(MessageKind::Event, &text, self.presses, unix_now(), None);
+        Ok(())
+    }
+
     fn send_image(&mut self, frame: &Frame, motion: Option<(f32, &[BoundingBox])>) -> Result<()> {
-        let mut payload = self.pool.take();
-        self.encoder.encode(frame, &mut payload)?;
-        self.stats.encoded += 1;
         let shape = [frame.height, frame.width, 3];
-        let raw = matches!(self.encoder, Encoder::Raw);
+        let raw = self.config.encode.format == Format::Raw;
         let header = OutHeader {
             msg: &self.texts.image,
             dtype: raw.then_some("uint8"),
@@ -271,8 +368,14 @@ impl Pipeline {
             score: motion.map(|(score, _)| score),
             boxes: motion.map_or(&[], |(_, boxes)| boxes),
         };
-        let message = Message::new(MessageKind::Image, &header, self.pool.take(), payload);
-        self.offer(message);
+        // Payload first: buffers come back header, then payload, so taking them
+        // in the opposite order keeps each in its role and at its size.
+        let payload = self.pool.take();
+        let mut message = Message::new(MessageKind::Image, &header, self.pool.take(), payload);
+        message.durable = self.in_event;
+        self.encoder.encode(frame, message)?;
+        self.stats.encoded += 1;
+        self.release();
         Ok(())
     }
 
@@ -287,7 +390,7 @@ impl Pipeline {
     fn text_message(&mut self, kind: MessageKind, text: &str, seq: u64, ts: f64, score: Option<f32>) {
         let mut payload = self.pool.take();
         payload.extend_from_slice(&self.placeholder);
-        let raw = matches!(self.encoder, Encoder::Raw);
+        let raw = self.config.encode.format == Format::Raw;
         let header = OutHeader {
             msg: text,
             dtype: raw.then_some("uint8"),
@@ -300,10 +403,19 @@ impl Pipeline {
             boxes: &[],
         };
         let message = Message::new(kind, &header, self.pool.take(), payload);
-        self.offer(message);
+        self.encoder.pass(message);
+        self.release();
     }
 
-    /// Hands a message to the sender; a full queue drops it, counted and logged.
+    /// Offers every message whose turn has come, in capture order.
+    fn release(&mut self) {
+        while let Some(message) = self.encoder.next_ready() {
+            self.offer(message);
+        }
+    }
+
+    /// Hands a message to the sender. On a full queue the sender spools event
+    /// messages; anything else is dropped, counted and logged.
     fn offer(&mut self, message: Message) {
         let Some(sender) = &self.sender else { return };
         if let Err(message) = sender.offer(message) {
@@ -319,12 +431,16 @@ impl Pipeline {
         }
     }
 
-    fn finish_sending(&mut self, linger: Duration) {
+    fn finish_sending(&mut self, how: Shutdown) {
         if let Some(sender) = self.sender.take() {
-            let report = sender.finish(linger);
+            let report = sender.finish(how);
             if report.unsent > 0 {
                 warn!("{} messages were not delivered before exit", report.unsent);
             }
+            if report.spool.waiting > 0 {
+                info!("{} event messages wait in the spool for the hub", report.spool.waiting);
+            }
+            self.stats.spool = report.spool;
             self.stats.sent = report.sent;
             self.stats.bytes = report.bytes;
             self.stats.dropped += report.unsent + report.dropped;
@@ -336,20 +452,43 @@ impl Pipeline {
     }
 }
 
-/// Runs only the detector over a source: what `camnode detect` prints.
-pub fn detect_frames(config: &Config, mut each: impl FnMut(u64, &MotionReport) -> Result<()>) -> Result<u64> {
+/// What a detector-only run measured besides the per-frame reports.
+#[derive(Clone, Debug, Default)]
+pub struct DetectSummary {
+    pub frames: u64,
+    pub width: usize,
+    pub height: usize,
+    pub events: u64,
+    /// Time spent in `MotionDetector::process` per frame, mean and 99th percentile.
+    pub mean_us: f64,
+    pub p99_us: f64,
+}
+
+/// Runs only the detector over a source: what `camnode detect` prints. `each`
+/// sees the detector after every frame, for its report and debug images.
+pub fn detect_frames(config: &Config, mut each: impl FnMut(u64, &MotionDetector) -> Result<()>) -> Result<DetectSummary> {
     let options = OpenOptions { seed: config.capture.seed, flip: config.capture.flip, ..Default::default() };
     let mut source = capture::open(&config.capture.source, &options)
         .with_context(|| format!("cannot open source \"{}\"", config.capture.source))?;
     let (width, height) = source.size();
     let mut detector = MotionDetector::new(&config.motion, width, height)?;
-    let mut index = 0;
+    let mut summary = DetectSummary { width, height, ..Default::default() };
+    let mut nanos = Vec::new();
     while let Some(frame) = source.next_frame()? {
-        if config.capture.frames > 0 && index >= config.capture.frames {
+        if config.capture.frames > 0 && summary.frames >= config.capture.frames {
             break;
         }
-        each(index, detector.process(&frame))?;
-        index += 1;
+        let started = Instant::now();
+        let event = detector.process(&frame).event;
+        nanos.push(started.elapsed().as_nanos() as u64);
+        summary.events += (event == Some(MotionEvent::Started)) as u64;
+        each(summary.frames, &detector)?;
+        summary.frames += 1;
     }
-    Ok(index)
+    if !nanos.is_empty() {
+        summary.mean_us = nanos.iter().sum::<u64>() as f64 / nanos.len() as f64 / 1e3;
+        nanos.sort_unstable();
+        summary.p99_us = nanos[(nanos.len() - 1) * 99 / 100] as f64 / 1e3;
+    }
+    Ok(summary)
 }

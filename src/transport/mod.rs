@@ -1,11 +1,15 @@
-//! Getting messages to the hub: the imagezmq wire format, and the sender
+//! Getting messages to the hub: the imagezmq wire format, the sender
 //! thread that owns the ZeroMQ socket so that capture never waits on the
-//! network.
+//! network, the on-disk spool that keeps event messages while the hub
+//! cannot take them, and CURVE security for the links.
 
 mod pool;
 mod sender;
+pub mod security;
+pub mod spool;
 pub mod wire;
 
 pub use pool::BufferPool;
-pub use sender::{Sender, SenderReport};
+pub use sender::{Sender, SenderReport, Shutdown};
+pub use spool::{Spool, SpoolConfig, SpoolCounts};
 pub use wire::{Header, Message, MessageKind};

@@ -1,21 +1,34 @@
 //! The sender thread: owns the ZeroMQ socket, takes messages from a bounded
 //! queue, and never lets the network stall capture.
 //!
-//! REQ: every message waits for the hub's reply, at most `reply_timeout`.
-//! A hub that does not answer (restarted, unplugged, hung) leaves a REQ socket
-//! stuck forever in imagezmq; here the socket is closed and recreated and the
-//! unanswered message is sent again, so delivery resumes by itself when the
-//! hub is back. PUB: the node binds, ZeroMQ buffers up to the high-water mark
-//! per subscriber and drops past it; there is no acknowledgement.
+//! REQ: a message is delivered when the hub replied `OK` (what imagezmq's
+//! `ImageHub.send_reply()` sends), within `reply_timeout`. A hub that does not
+//! answer (restarted, unplugged, hung) leaves a REQ socket stuck forever in
+//! imagezmq; here the socket is closed and recreated, and the node is in an
+//! outage until a reply comes. During an outage event messages go to the
+//! [`Spool`] as soon as they are queued, and the oldest spooled message is
+//! what probes the hub; other messages (heartbeats, frames of `send = "all"`
+//! outside events) are dropped, counted. Once the hub replies, spooled
+//! messages go out oldest first, taking turns with live ones so that a backlog
+//! never starves the present. Delivery is at-least-once: when a reply is lost
+//! the message goes again, and the hub drops the repeat by node, boot and
+//! sequence number. Without a spool, the unanswered message is retried and
+//! the queue waits behind it, dropping when full.
+//!
+//! PUB: the node binds, ZeroMQ buffers up to the high-water mark per
+//! subscriber and drops past it. There is no acknowledgement, so nothing is
+//! spooled: PUB is for live view, REQ for events that must arrive.
 
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use log::{debug, info, warn};
 
+use super::security::{Curve, Role, SecurityConfig};
+use super::spool::{Spool, SpoolConfig, SpoolCounts, SpoolKey};
 use super::{BufferPool, Message};
 use crate::config::{Mode, TransportConfig};
 use crate::frame::unix_now;
@@ -25,41 +38,118 @@ use crate::status::NodeStatus;
 /// What the sender did, reported when it finishes.
 #[derive(Debug, Default)]
 pub struct SenderReport {
-    /// Messages delivered (REQ: the hub replied; PUB: handed to ZeroMQ).
+    /// Messages delivered (REQ: the hub replied; PUB: handed to ZeroMQ),
+    /// spooled ones included.
     pub sent: u64,
     /// Payload bytes of those messages.
     pub bytes: u64,
-    /// Messages still queued or unanswered when time ran out at exit.
+    /// Messages neither delivered nor spooled when time ran out at exit.
     pub unsent: u64,
-    /// PUB messages refused at the high-water mark.
+    /// PUB messages refused at the high-water mark; REQ messages that are not
+    /// part of an event, dropped during an outage.
     pub dropped: u64,
     pub reconnects: u64,
     /// Microseconds spent sending and waiting for replies.
     pub busy_us: u64,
+    /// Capture-to-reply latency of live messages (spooled ones would only
+    /// measure the outage).
     pub latency_ms_p50: f64,
     pub latency_ms_p99: f64,
+    /// What the spool did; all zero without one.
+    pub spool: SpoolCounts,
+}
+
+/// How the sender stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shutdown {
+    /// A signal: the exit must fit in 2 s. The queue gets `linger` (at most
+    /// 1.5 s); what is left of its event messages goes to the spool, which
+    /// waits for the next start.
+    Signal,
+    /// The natural end of a finite run: the queue and the spool get up to
+    /// `drain_timeout` (PUB: `linger`) to go out.
+    Drain,
+}
+
+/// When the thread must give up, and whether it delivers the spool meanwhile.
+#[derive(Clone, Copy, Debug)]
+struct Stop {
+    deadline: Instant,
+    drain_spool: bool,
+}
+
+/// Set by [`Sender::finish`]; the thread reads it and waits on it.
+#[derive(Default)]
+struct StopSignal {
+    stop: Mutex<Option<Stop>>,
+    changed: Condvar,
+}
+
+impl StopSignal {
+    fn lock(&self) -> MutexGuard<'_, Option<Stop>> {
+        self.stop.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(&self) -> Option<Stop> {
+        *self.lock()
+    }
+
+    fn set(&self, stop: Stop) {
+        *self.lock() = Some(stop);
+        self.changed.notify_all();
+    }
+
+    /// Waits until `until`, the deadline, or a stop being set, which
+    /// ever comes first.
+    fn wait(&self, until: Instant) {
+        let mut guard = self.lock();
+        let was_set = guard.is_some();
+        loop {
+            let limit = guard.map_or(until, |s| until.min(s.deadline));
+            let now = Instant::now();
+            if now >= limit || guard.is_some() != was_set {
+                return;
+            }
+            guard = self.changed.wait_timeout(guard, limit - now).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
 }
 
 /// Handle to the running sender thread.
 pub struct Sender {
     queue: SyncSender<Message>,
-    /// Set by [`Sender::finish`]: after this instant the thread gives up.
-    deadline: Arc<Mutex<Option<Instant>>>,
+    spool: Option<Arc<Spool>>,
+    pool: BufferPool,
+    status: Arc<NodeStatus>,
+    stop: Arc<StopSignal>,
+    mode: Mode,
+    linger: Duration,
+    drain_timeout: Duration,
     thread: JoinHandle<SenderReport>,
 }
 
 impl Sender {
-    /// Opens the socket (so a bad address or a port in use fails now, at
-    /// start) and starts the thread.
-    pub fn start(config: &TransportConfig, pool: BufferPool, status: Arc<NodeStatus>) -> Result<Sender> {
+    /// Opens the socket and the spool (so a bad address, a port in use or an
+    /// unwritable spool fails now, at start) and starts the thread.
+    pub fn start(
+        config: &TransportConfig,
+        spool: &SpoolConfig,
+        security: &SecurityConfig,
+        pool: BufferPool,
+        status: Arc<NodeStatus>,
+    ) -> Result<Sender> {
         let context = zmq::Context::new();
         let address = config.address();
+        let curve = Curve::open(security, Role::of_node(config.mode), &context)?;
         let socket = match config.mode {
-            Mode::Req => connect_req(&context, &address)?,
+            Mode::Req => connect_req(&context, &address, curve.as_ref())?,
             Mode::Pub => {
                 let socket = context.socket(zmq::PUB)?;
                 socket.set_sndhwm(config.pub_hwm)?;
                 socket.set_linger((config.linger * 1000.0) as i32)?;
+                if let Some(curve) = &curve {
+                    curve.secure(&context, &socket, &address)?;
+                }
                 socket.bind(&address).with_context(|| {
                     format!("cannot bind the PUB socket to [transport] hub = {address:?}: is another program using the port? set another address with --hub")
                 })?;
@@ -67,36 +157,74 @@ impl Sender {
                 socket
             }
         };
+        let spool = Spool::open_configured(spool, config.mode)?.map(Arc::new);
         let (queue, rx) = sync_channel(config.queue);
-        let deadline = Arc::new(Mutex::new(None));
+        let stop = Arc::new(StopSignal::default());
         let worker = Worker {
             context,
             socket,
+            curve,
             address,
             mode: config.mode,
             reply_timeout: Duration::from_secs_f64(config.reply_timeout),
             rx,
-            deadline: deadline.clone(),
-            pool,
-            status,
+            stop: stop.clone(),
+            spool: spool.clone(),
+            pool: pool.clone(),
+            status: status.clone(),
+            outage_since: None,
+            spool_turn: false,
             report: SenderReport::default(),
             latency: LatencyRecorder::new(4096),
+            reply: zmq::Message::new(),
         };
         let thread = std::thread::Builder::new().name("sender".into()).spawn(move || worker.run())?;
-        Ok(Sender { queue, deadline, thread })
-    }
-
-    /// Queues a message; gives it back when the queue is full, so the caller
-    /// decides what a drop means (count it, or keep it elsewhere).
-    pub fn offer(&self, message: Message) -> std::result::Result<(), Message> {
-        self.queue.try_send(message).map_err(|e| match e {
-            TrySendError::Full(m) | TrySendError::Disconnected(m) => m,
+        Ok(Sender {
+            queue,
+            spool,
+            pool,
+            status,
+            stop,
+            mode: config.mode,
+            linger: Duration::from_secs_f64(config.linger),
+            drain_timeout: Duration::from_secs_f64(config.drain_timeout),
+            thread,
         })
     }
 
-    /// Stops taking messages, sends what it can within `linger`, and reports.
-    pub fn finish(self, linger: Duration) -> SenderReport {
-        *self.deadline.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + linger);
+    /// Queues a message. When the queue is full an event message goes to the
+    /// spool instead (in the caller's thread: it costs an fsync, but only
+    /// while the network is behind); anything else is given back, so the
+    /// caller counts the drop.
+    pub fn offer(&self, message: Message) -> std::result::Result<(), Message> {
+        let message = match self.queue.try_send(message) {
+            Ok(()) => return Ok(()),
+            Err(TrySendError::Full(m) | TrySendError::Disconnected(m)) => m,
+        };
+        let Some(spool) = self.spool.as_ref().filter(|_| message.durable) else { return Err(message) };
+        match spool.store(&message) {
+            Ok(()) => {
+                self.status.note_drop();
+                self.pool.give(message.header);
+                self.pool.give(message.payload);
+                Ok(())
+            }
+            Err(e) => {
+                warn!("send queue full and {e:#}");
+                Err(message)
+            }
+        }
+    }
+
+    /// Stops taking messages, delivers what it can in the time `how` allows,
+    /// and reports.
+    pub fn finish(self, how: Shutdown) -> SenderReport {
+        let (limit, drain_spool) = match (how, self.mode) {
+            (Shutdown::Signal, _) => (self.linger.min(Duration::from_millis(1500)), false),
+            (Shutdown::Drain, Mode::Req) => (self.drain_timeout, true),
+            (Shutdown::Drain, Mode::Pub) => (self.linger, false),
+        };
+        self.stop.set(Stop { deadline: Instant::now() + limit, drain_spool });
         drop(self.queue);
         self.thread.join().unwrap_or_else(|_| {
             warn!("the sender thread panicked; its counts are lost");
@@ -105,139 +233,349 @@ impl Sender {
     }
 }
 
-fn connect_req(context: &zmq::Context, address: &str) -> Result<zmq::Socket> {
+fn connect_req(context: &zmq::Context, address: &str, curve: Option<&Curve>) -> Result<zmq::Socket> {
     let socket = context.socket(zmq::REQ)?;
     // An unanswered request must not hold the process at exit.
     socket.set_linger(0)?;
+    if let Some(curve) = curve {
+        curve.secure(context, &socket, address)?;
+    }
     socket.connect(address).with_context(|| {
         format!("cannot connect to the hub at [transport] hub = {address:?}: use an address like tcp://HOST:5555")
     })?;
     Ok(socket)
 }
 
+/// How one request went.
+enum Reply {
+    /// The hub replied `OK`.
+    Ack,
+    /// No reply within `reply_timeout` (or before the exit deadline).
+    Silent,
+    /// A reply other than `OK`: the hub is not an imagezmq hub, or is broken.
+    Refused(String),
+    /// The socket failed.
+    Failed(zmq::Error),
+}
+
+/// How long a wait for a reply sleeps at a time: an outage moves queued event
+/// messages to the spool in between, and a stop is noticed at once.
+const POLL_SLICE: Duration = Duration::from_millis(100);
+
 struct Worker {
     context: zmq::Context,
     socket: zmq::Socket,
+    /// `[security]`: CURVE for every socket this worker makes (REQ reconnects
+    /// make new ones), and for a PUB node the authenticator of its subscribers.
+    curve: Option<Curve>,
     address: String,
     mode: Mode,
     reply_timeout: Duration,
     rx: Receiver<Message>,
-    deadline: Arc<Mutex<Option<Instant>>>,
+    stop: Arc<StopSignal>,
+    spool: Option<Arc<Spool>>,
     pool: BufferPool,
     status: Arc<NodeStatus>,
+    /// Since when the hub has not replied.
+    outage_since: Option<Instant>,
+    /// When live and spooled messages both wait, whether a spooled one is next.
+    spool_turn: bool,
     report: SenderReport,
     latency: LatencyRecorder,
+    /// The hub's reply, received into the same message every time.
+    reply: zmq::Message,
 }
 
 impl Worker {
     fn run(mut self) -> SenderReport {
-        let mut outage_since: Option<Instant> = None;
-        let mut pending: Option<Message> = None;
-        loop {
-            let Some(message) = pending.take().or_else(|| self.next_message()) else { break };
-            if self.past_deadline() {
+        match self.mode {
+            Mode::Req => self.run_req(),
+            Mode::Pub => self.run_pub(),
+        }
+        // What is still queued at the deadline: event messages wait in the spool for the next start.
+        while let Ok(message) = self.rx.try_recv() {
+            if !self.shelve(message) {
                 self.report.unsent += 1;
-                break;
-            }
-            let started = Instant::now();
-            let delivered = match self.mode {
-                Mode::Req => self.request(&message),
-                Mode::Pub => self.publish(&message),
-            };
-            self.report.busy_us += started.elapsed().as_micros() as u64;
-            match delivered {
-                Ok(true) => {
-                    if let Some(since) = outage_since.take() {
-                        info!("hub at {} answers again after {:.1}s", self.address, since.elapsed().as_secs_f64());
-                    }
-                    self.status.set_hub_reachable(true);
-                    self.report.sent += 1;
-                    self.report.bytes += message.payload.len() as u64;
-                    self.latency.record(Duration::from_secs_f64((unix_now() - message.ts).max(0.0)));
-                    self.recycle(message);
-                }
-                Ok(false) if self.mode == Mode::Pub => {
-                    self.report.dropped += 1;
-                    self.status.note_drop();
-                    self.recycle(message);
-                }
-                Ok(false) | Err(_) => {
-                    if let Err(e) = &delivered {
-                        debug!("send to {} failed: {e}", self.address);
-                    }
-                    if self.past_deadline() {
-                        self.report.unsent += 1;
-                        break;
-                    }
-                    if outage_since.is_none() {
-                        warn!("hub at {} did not reply within {:?}; reconnecting until it does", self.address, self.reply_timeout);
-                        outage_since = Some(Instant::now());
-                    }
-                    self.status.set_hub_reachable(false);
-                    self.reconnect();
-                    pending = Some(message);
-                }
             }
         }
-        self.report.unsent += self.rx.try_iter().count() as u64;
+        if let Some(spool) = &self.spool {
+            self.report.spool = spool.counts();
+        }
         self.report.latency_ms_p50 = self.latency.percentile(50.0);
         self.report.latency_ms_p99 = self.latency.percentile(99.0);
         self.report
     }
 
-    /// The next queued message; `None` when the queue is closed and empty or
-    /// the exit deadline passed.
-    fn next_message(&self) -> Option<Message> {
+    fn run_pub(&mut self) {
+        while let Some(message) = self.wait_live() {
+            if self.past_deadline() {
+                self.report.unsent += 1;
+                self.recycle(message);
+                break;
+            }
+            let started = Instant::now();
+            let published = self.publish(&message);
+            self.report.busy_us += started.elapsed().as_micros() as u64;
+            match published {
+                Ok(true) => self.delivered(message, None),
+                Ok(false) | Err(_) => {
+                    if let Err(e) = published {
+                        debug!("publish on {} failed: {e}", self.address);
+                    }
+                    self.report.dropped += 1;
+                    self.status.note_drop();
+                    self.recycle(message);
+                }
+            }
+        }
+        // ZeroMQ flushes at close for at most the time left before the deadline.
+        let left = self.stop.get().map_or(Duration::ZERO, |s| s.deadline.saturating_duration_since(Instant::now()));
+        if let Err(e) = self.socket.set_linger(left.as_millis() as i32) {
+            debug!("cannot shorten the PUB linger: {e}");
+        }
+    }
+
+    fn run_req(&mut self) {
+        // A live message that failed and could not be spooled: sent again first.
+        let mut retry: Option<Message> = None;
         loop {
-            match self.current_deadline() {
-                // No deadline yet: wait, waking now and then to re-read it.
-                None => match self.rx.recv_timeout(Duration::from_millis(200)) {
-                    Ok(m) => return Some(m),
-                    Err(RecvTimeoutError::Timeout) => continue,
-                    Err(RecvTimeoutError::Disconnected) => return None,
-                },
-                Some(deadline) => return self.rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).ok(),
+            if self.outage_since.is_some() {
+                self.spool_queue();
+            }
+            let next = match retry.take() {
+                Some(message) => Some((message, None)),
+                None => self.next_req(),
+            };
+            let Some((message, key)) = next else { break };
+            if self.past_deadline() {
+                self.put_back(message, key);
+                break;
+            }
+            let started = Instant::now();
+            let reply = self.request(&message);
+            self.report.busy_us += started.elapsed().as_micros() as u64;
+            if let Reply::Ack = reply {
+                self.delivered(message, key);
+                continue;
+            }
+            self.note_outage(&reply);
+            match key {
+                Some(key) => self.put_back(message, Some(key)),
+                None if message.durable && self.spool.is_some() => {
+                    if !self.shelve(message) {
+                        self.report.dropped += 1;
+                    }
+                }
+                None => retry = Some(message),
+            }
+            match reply {
+                // The whole reply timeout was waited already.
+                Reply::Silent => self.reconnect(),
+                // Failing fast: wait before the next try, not to hammer a broken hub.
+                Reply::Failed(_) => {
+                    self.reconnect();
+                    self.stop.wait(Instant::now() + self.reply_timeout);
+                }
+                Reply::Refused(_) => self.stop.wait(Instant::now() + self.reply_timeout),
+                Reply::Ack => {}
+            }
+        }
+        if let Some(message) = retry {
+            self.put_back(message, None);
+        }
+    }
+
+    /// The next message to deliver, with its spool key if it comes from the
+    /// spool; `None` when there is nothing left to do before exit.
+    fn next_req(&mut self) -> Option<(Message, Option<SpoolKey>)> {
+        loop {
+            if self.past_deadline() {
+                return None;
+            }
+            let spool_waiting = self.spool_deliverable();
+            // In an outage the queue went to the spool already: its oldest message is the probe.
+            if spool_waiting && (self.outage_since.is_some() || self.spool_turn) {
+                self.spool_turn = false;
+                match self.spool.as_ref().and_then(|s| s.take_oldest(&self.pool)) {
+                    Some((key, message)) => return Some((message, Some(key))),
+                    // Every file left was damaged, and is gone now.
+                    None => continue,
+                }
+            }
+            match self.rx.try_recv() {
+                Ok(message) => {
+                    self.spool_turn = spool_waiting;
+                    return Some((message, None));
+                }
+                // Dropped without `finish`: nobody waits for the spool to drain.
+                Err(TryRecvError::Disconnected) if self.stop.get().is_none() => return None,
+                Err(_) if spool_waiting => self.spool_turn = true,
+                Err(TryRecvError::Disconnected) => return None,
+                Err(TryRecvError::Empty) => return self.wait_live().map(|m| (m, None)),
             }
         }
     }
 
-    fn current_deadline(&self) -> Option<Instant> {
-        *self.deadline.lock().unwrap_or_else(|e| e.into_inner())
+    /// Waits for a queued message; `None` once the queue is closed and
+    /// empty, or at the exit deadline.
+    fn wait_live(&mut self) -> Option<Message> {
+        match self.stop.get() {
+            Some(stop) => self.rx.recv_timeout(stop.deadline.saturating_duration_since(Instant::now())).ok(),
+            // `finish` sets the stop before it closes the queue, which wakes this.
+            None => self.rx.recv().ok(),
+        }
+    }
+
+    /// True when spooled messages wait and may go now: after a signal the
+    /// spool is left for the next start.
+    fn spool_deliverable(&self) -> bool {
+        let Some(spool) = &self.spool else { return false };
+        self.stop.get().map_or(true, |s| s.drain_spool) && !spool.is_empty()
     }
 
     fn past_deadline(&self) -> bool {
-        self.current_deadline().is_some_and(|d| Instant::now() >= d)
+        self.stop.get().is_some_and(|s| Instant::now() >= s.deadline)
     }
 
-    /// Sends one request and waits for the reply. `Ok(false)`: no reply in time.
-    fn request(&mut self, message: &Message) -> zmq::Result<bool> {
-        self.socket.send(&message.header, zmq::SNDMORE | zmq::DONTWAIT)?;
-        self.socket.send(&message.payload, zmq::DONTWAIT)?;
-        let mut wait = self.reply_timeout;
-        if let Some(deadline) = self.current_deadline() {
-            wait = wait.min(deadline.saturating_duration_since(Instant::now()));
+    /// Sends one request and waits for the reply.
+    fn request(&mut self, message: &Message) -> Reply {
+        // Slices, not `&Vec`: zmq turns a `&Vec<u8>` into a message by cloning
+        // the vector, a heap allocation per frame; a slice is copied by libzmq.
+        let sent = self.socket.send(&message.header[..], zmq::SNDMORE | zmq::DONTWAIT).and_then(|()| self.socket.send(&message.payload[..], zmq::DONTWAIT));
+        if let Err(e) = sent {
+            return Reply::Failed(e);
         }
-        if self.socket.poll(zmq::POLLIN, wait.as_millis() as i64)? == 0 {
-            return Ok(false);
+        let until = Instant::now() + self.reply_timeout;
+        loop {
+            let limit = self.stop.get().map_or(until, |s| until.min(s.deadline));
+            let now = Instant::now();
+            if now >= limit {
+                return Reply::Silent;
+            }
+            let slice = (limit - now).min(POLL_SLICE);
+            match self.socket.poll(zmq::POLLIN, slice.as_millis().max(1) as i64) {
+                Ok(0) if self.outage_since.is_some() => self.spool_queue(),
+                Ok(0) => {}
+                Ok(_) => break,
+                Err(e) => return Reply::Failed(e),
+            }
         }
-        // Any reply acknowledges the message; imagezmq hubs send b"OK".
-        self.socket.recv_multipart(0)?;
-        Ok(true)
+        // Into one reused message, part by part: no allocation per reply.
+        let (mut parts, mut not_ok) = (0, None);
+        loop {
+            if let Err(e) = self.socket.recv(&mut self.reply, 0) {
+                return Reply::Failed(e);
+            }
+            parts += 1;
+            if parts == 1 && &self.reply[..] != b"OK" {
+                not_ok = Some(String::from_utf8_lossy(&self.reply[..self.reply.len().min(40)]).into_owned());
+            }
+            if !self.reply.get_more() {
+                break;
+            }
+        }
+        match (parts, not_ok) {
+            (1, None) => Reply::Ack,
+            (parts, first) => Reply::Refused(format!("{parts} frames starting {:?}", first.as_deref().unwrap_or("OK"))),
+        }
     }
 
     /// Publishes one message. `Ok(false)`: refused at the high-water mark.
     fn publish(&mut self, message: &Message) -> zmq::Result<bool> {
-        match self.socket.send(&message.header, zmq::SNDMORE | zmq::DONTWAIT) {
+        match self.socket.send(&message.header[..], zmq::SNDMORE | zmq::DONTWAIT) {
             Err(zmq::Error::EAGAIN) => return Ok(false),
             other => other?,
         }
-        self.socket.send(&message.payload, 0)?;
+        self.socket.send(&message.payload[..], 0)?;
         Ok(true)
+    }
+
+    fn delivered(&mut self, message: Message, key: Option<SpoolKey>) {
+        if let Some(since) = self.outage_since.take() {
+            let waiting = self.spool.as_ref().map_or(0, |s| s.len());
+            info!("hub at {} replies again after {:.1}s; {waiting} messages wait in the spool", self.address, since.elapsed().as_secs_f64());
+        }
+        self.status.set_hub_reachable(true);
+        self.report.sent += 1;
+        self.report.bytes += message.payload.len() as u64;
+        match (key, &self.spool) {
+            (Some(key), Some(spool)) => spool.delivered(key),
+            _ => self.latency.record(Duration::from_secs_f64((unix_now() - message.ts).max(0.0))),
+        }
+        self.recycle(message);
+    }
+
+    fn note_outage(&mut self, reply: &Reply) {
+        let what = match reply {
+            Reply::Silent => format!("did not reply within {:?}", self.reply_timeout),
+            Reply::Refused(reply) => format!("replied {reply} instead of OK"),
+            Reply::Failed(e) => format!("failed: {e}"),
+            Reply::Ack => return,
+        };
+        if self.outage_since.is_none() {
+            let meanwhile = if self.spool.is_some() { "event messages go to the spool meanwhile" } else { "with no spool, the queue waits and drops when full" };
+            warn!("hub at {} {what}; retrying until it replies OK, {meanwhile}", self.address);
+            self.outage_since = Some(Instant::now());
+        } else {
+            debug!("hub at {} {what}", self.address);
+        }
+        self.status.set_hub_reachable(false);
+    }
+
+    /// During an outage: queued event messages go to the spool at once, so
+    /// that little waits in memory; the rest is dropped, counted. Without a
+    /// spool the queue stays as it is.
+    fn spool_queue(&mut self) {
+        if self.spool.is_none() {
+            return;
+        }
+        while let Ok(message) = self.rx.try_recv() {
+            if !self.shelve(message) {
+                self.report.dropped += 1;
+                self.status.note_drop();
+            }
+        }
+    }
+
+    /// Puts a live event message in the spool; false (the message recycled)
+    /// if it is not an event message, there is no spool, or the write failed.
+    fn shelve(&mut self, message: Message) -> bool {
+        let stored = match &self.spool {
+            Some(spool) if message.durable => match spool.store(&message) {
+                Ok(()) => true,
+                Err(e) => {
+                    warn!("dropped an event message: {e:#}");
+                    false
+                }
+            },
+            _ => false,
+        };
+        if stored {
+            self.status.note_drop();
+        }
+        self.recycle(message);
+        stored
+    }
+
+    /// A message taken but not delivered before exit: a spooled one stays
+    /// in the spool, a live one is spooled if it can be.
+    fn put_back(&mut self, message: Message, key: Option<SpoolKey>) {
+        match (key, &self.spool) {
+            (Some(key), Some(spool)) => {
+                spool.release(key);
+                self.recycle(message);
+            }
+            _ => {
+                if !self.shelve(message) {
+                    self.report.unsent += 1;
+                }
+            }
+        }
     }
 
     fn reconnect(&mut self) {
         self.report.reconnects += 1;
-        match connect_req(&self.context, &self.address) {
+        match connect_req(&self.context, &self.address, self.curve.as_ref()) {
             Ok(socket) => self.socket = socket,
             Err(e) => warn!("cannot recreate the REQ socket: {e:#}"),
         }

@@ -72,16 +72,27 @@ pub struct Message {
     pub kind: MessageKind,
     pub header: Vec<u8>,
     pub payload: Vec<u8>,
-    /// Capture time, for latency accounting.
+    /// Capture time, for latency accounting and the spool's order.
     pub ts: f64,
+    /// Part of an event (the event message itself, or a motion, trigger,
+    /// pre- or post-event frame): spooled rather than dropped when the hub
+    /// cannot take it. Set for event messages; the pipeline sets it for images.
+    pub durable: bool,
 }
+
+/// Bytes a header buffer gets up front: more than a header with the
+/// detector's most boxes (`motion::MAX_BOXES`) takes.
+const HEADER_ROOM: usize = 1024;
 
 impl Message {
     /// Builds a message, writing the header JSON into `header` (reused).
     pub fn new(kind: MessageKind, header: &OutHeader, mut header_buf: Vec<u8>, payload: Vec<u8>) -> Message {
         header_buf.clear();
+        // Headers differ in length from message to message (score, boxes);
+        // with room for a long one, a recycled buffer never grows again.
+        header_buf.reserve(HEADER_ROOM);
         serde_json::to_writer(&mut header_buf, header).expect("a header always serialises");
-        Message { kind, header: header_buf, payload, ts: header.ts }
+        Message { kind, header: header_buf, payload, ts: header.ts, durable: kind == MessageKind::Event }
     }
 }
 

@@ -3,17 +3,27 @@
 //! interpreter that has the real imagezmq installed.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod proxy;
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-/// The `camnode` binary under test.
+/// The `camnode` binary under test. Each command gets a spool directory of
+/// its own through CAMNODE_SPOOL (a `--spool` flag wins), so no run delivers
+/// what another test left behind, and none writes to /var/lib/camnode.
 pub fn camnode() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_camnode"))
+    static COMMANDS: AtomicU32 = AtomicU32::new(0);
+    let n = COMMANDS.fetch_add(1, Ordering::Relaxed);
+    let spool = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("spool-{}-{n}", std::process::id()));
+    let mut command = Command::new(env!("CARGO_BIN_EXE_camnode"));
+    command.env("CAMNODE_SPOOL", spool);
+    command
 }
 
 /// A TCP port that was free a moment ago on 127.0.0.1.
@@ -78,7 +88,11 @@ impl Drop for Proc {
 
 /// Runs a command to completion within `limit`, returning its output.
 pub fn run_to_end(name: &str, command: &mut Command, limit: Duration) -> Output {
-    let child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+    let child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
     let pid = child.id();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -131,7 +145,11 @@ pub fn python() -> PathBuf {
     static PYTHON: OnceLock<PathBuf> = OnceLock::new();
     PYTHON
         .get_or_init(|| {
-            let output = Command::new("bash").arg(repo_root().join("scripts/python-env.sh")).stderr(Stdio::inherit()).output().unwrap();
+            let output = Command::new("bash")
+                .arg(repo_root().join("scripts/python-env.sh"))
+                .stderr(Stdio::inherit())
+                .output()
+                .unwrap();
             assert!(output.status.success(), "scripts/python-env.sh failed: run it by hand to see why");
             let path = String::from_utf8(output.stdout).unwrap();
             PathBuf::from(path.lines().last().expect("python-env.sh printed no path").trim())

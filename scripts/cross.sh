@@ -1,0 +1,296 @@
+#!/usr/bin/env bash
+# Cross builds for the Raspberry Pi, verified on this x86 machine.
+#
+#   scripts/cross.sh [STEP] [TARGET...]
+#
+# STEP is one of
+#   setup  install Debian's cross toolchains and qemu-user, the rustup targets,
+#          and register qemu with binfmt_misc (see below)
+#   build  release binaries with every Pi feature the manifest declares
+#          (libcamera, gpio), checked against the size budget and for the
+#          glibc they need
+#   test   the test suite, run under qemu-user
+#   smoke  end to end: the ARM `camnode run` under qemu sends synthetic frames
+#          over loopback to an x86 `camnode hub`, and every saved JPEG must
+#          decode to the frame size that was sent
+#   all    (default) setup, build both, test aarch64, smoke both
+# TARGET is aarch64 and/or armv7 (default: both; `all` tests only aarch64,
+# the issue's requirement, because armv7's suite under qemu adds minutes for
+# little that aarch64's and the armv7 smoke run do not already cover).
+#
+# Why Debian bookworm's cross toolchains: bookworm-based Raspberry Pi OS has
+# the same glibc (2.36) and libstdc++ (GCC 12), so the binaries link against
+# exactly what the Pi has. libjpeg-turbo is compiled from source for the
+# target by turbojpeg-sys with cmake, which selects its NEON code; libzmq is
+# Debian's (libzmq3-dev:arm64/armhf through multiarch, libzmq5 on the Pi),
+# linked through the `links` override in .cargo/config.toml, which also
+# names the compilers. With the `libcamera` feature, libcamera itself is
+# cross-built by scripts/libcamera.sh from the same source as the host build.
+#
+# Settings (environment, all optional):
+#   CARGO_TARGET_DIR     default ~/.cache/camnode/target-cross: outside the
+#                        clone, so CI runs on the same machine reuse the
+#                        compiled C libraries instead of rebuilding them
+#   CAMNODE_FEATURES     features to build with, comma-separated (default:
+#                        those of libcamera,gpio that Cargo.toml declares)
+#   CAMNODE_SIZE_BUDGET  bytes the stripped aarch64 binary may take (6000000)
+#   CAMNODE_HOST_BIN     an x86 camnode for the smoke runs' hub (default: a
+#                        debug build in CARGO_TARGET_DIR)
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+cache=${CAMNODE_CACHE:-$HOME/.cache/camnode}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$cache/target-cross}
+size_budget=${CAMNODE_SIZE_BUDGET:-6000000}
+# The newest glibc symbol version bookworm (and so Raspberry Pi OS bookworm)
+# provides; a binary asking for more would not start on the Pi.
+glibc_max=2.36
+
+log() { echo "cross.sh: $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+step=${1:-all}
+[ $# -gt 0 ] && shift
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=(aarch64 armv7)
+
+# Per-target names: Rust triple, GNU triple, Debian architecture, qemu binary.
+describe() {
+    case $1 in
+    aarch64) rust=aarch64-unknown-linux-gnu gnu=aarch64-linux-gnu deb=arm64 qemu=qemu-aarch64-static ;;
+    armv7) rust=armv7-unknown-linux-gnueabihf gnu=arm-linux-gnueabihf deb=armhf qemu=qemu-arm-static ;;
+    *) die "unknown target '$1': use aarch64 or armv7" ;;
+    esac
+    sysroot=/usr/$gnu
+}
+
+# --- setup ---------------------------------------------------------------------
+
+apt_updated=
+need_packages() {
+    local missing=() pkg
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}\n' "$pkg" 2>/dev/null | grep -q '^install ok installed$' ||
+            missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ -z "$apt_updated" ]; then
+        # A mirror caught mid-sync fails one index; the install below still
+        # fails loudly if a package really cannot be had.
+        apt-get update -qq >&2 || log "apt-get update reported errors; installing anyway"
+        apt_updated=1
+    fi
+    log "installing ${missing[*]}"
+    mkdir -p "$cache"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" \
+        >"$cache/apt-install-cross.log" 2>&1 ||
+        { tail -30 "$cache/apt-install-cross.log" >&2; die "apt-get install failed; full log: $cache/apt-install-cross.log"; }
+}
+
+# Tests start the `camnode` binary as a child process. Under qemu-user that
+# child is an ARM executable the kernel must know how to run: binfmt_misc
+# hands it to qemu (flag F keeps the interpreter usable in any mount
+# namespace), and QEMU_LD_PREFIX (set where tests run) gives it the sysroot.
+register_binfmt() {
+    local name=$1 dir=/proc/sys/fs/binfmt_misc
+    if [ ! -e "$dir/register" ]; then
+        mount -t binfmt_misc binfmt_misc "$dir" ||
+            die "binfmt_misc is not available, so tests cannot start ARM child processes; mount it on $dir"
+    fi
+    [ -e "$dir/$name" ] && return 0
+    [ -f "/usr/lib/binfmt.d/$name.conf" ] || die "/usr/lib/binfmt.d/$name.conf missing: is qemu-user-static installed?"
+    tr -d '\n' <"/usr/lib/binfmt.d/$name.conf" >"$dir/register"
+    log "registered $name with binfmt_misc"
+}
+
+setup() {
+    local t pkgs=(qemu-user-static cmake pkg-config python3 libjpeg-turbo-progs)
+    for t in "${targets[@]}"; do
+        describe "$t"
+        # libzmq is linked from the system (see .cargo/config.toml), so the
+        # target's libzmq3-dev comes through dpkg multiarch.
+        if ! dpkg --print-foreign-architectures | grep -qx "$deb"; then
+            log "dpkg --add-architecture $deb"
+            dpkg --add-architecture "$deb"
+            apt_updated=
+        fi
+        pkgs+=("gcc-$gnu" "g++-$gnu" "libc6-dev-$deb-cross" "libzmq3-dev:$deb")
+    done
+    need_packages "${pkgs[@]}"
+    local installed
+    installed=$(rustup target list --installed)
+    for t in "${targets[@]}"; do
+        describe "$t"
+        grep -qx "$rust" <<<"$installed" || rustup target add "$rust" >&2
+        register_binfmt "${qemu%-static}"
+    done
+}
+
+# --- environment per target -------------------------------------------------
+
+# Pi features this manifest declares, unless CAMNODE_FEATURES says otherwise.
+features() {
+    if [ -n "${CAMNODE_FEATURES+set}" ]; then
+        echo "$CAMNODE_FEATURES"
+        return
+    fi
+    python3 - <<'EOF'
+import tomllib
+declared = tomllib.load(open("Cargo.toml", "rb")).get("features", {})
+print(",".join(f for f in ("libcamera", "gpio") if f in declared))
+EOF
+}
+
+# Exports what cargo needs for target $1 beyond .cargo/config.toml: the cross
+# libcamera when the feature is on, and the library path its qemu runs need.
+target_env() {
+    describe "$1"
+    feats=$(features)
+    local ld_path=$sysroot/lib
+    if [[ ",$feats," == *,libcamera,* ]]; then
+        eval "$(scripts/libcamera.sh "$1")"
+        local var=LIBCAMERA_PREFIX_${rust//-/_}
+        ld_path=$ld_path:${!var}/lib
+    fi
+    # The runner of .cargo/config.toml plus LD_LIBRARY_PATH for the ARM
+    # loader only (-E): the cross sysroot's libc first, so that a multiarch
+    # libc6:$deb installed for libcamera's dependencies never pairs with the
+    # sysroot's loader, then libcamera's prefix.
+    local upper
+    upper=$(echo "${rust//-/_}" | tr '[:lower:]' '[:upper:]')
+    export "CARGO_TARGET_${upper}_RUNNER=$qemu -L $sysroot -E LD_LIBRARY_PATH=$ld_path"
+    runner_ld_path=$ld_path
+}
+
+cargo_args() {
+    echo "--target $rust${feats:+ --features $feats}"
+}
+
+# --- build -------------------------------------------------------------------
+
+# Newest GLIBC_x.y symbol version the binary needs.
+glibc_needed() {
+    "$gnu-objdump" -T "$1" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -V | tail -1
+}
+
+build() {
+    target_env "$1"
+    local start=$SECONDS
+    log "building $rust (features: ${feats:-none}) in $CARGO_TARGET_DIR"
+    # shellcheck disable=SC2046 # word splitting of the argument list is intended
+    cargo build --release $(cargo_args)
+    local bin=$CARGO_TARGET_DIR/$rust/release/camnode secs=$((SECONDS - start))
+    local size glibc
+    size=$(stat -c %s "$bin")
+    glibc=$(glibc_needed "$bin")
+    file -b "$bin" | grep -q "$(case $1 in aarch64) echo 'ARM aarch64' ;; armv7) echo 'ARM, EABI5' ;; esac)" ||
+        die "$bin is not an $1 executable: $(file -b "$bin")"
+    dpkg --compare-versions "$glibc" le "$glibc_max" ||
+        die "$bin needs GLIBC_$glibc, newer than bookworm's $glibc_max: it would not start on Raspberry Pi OS bookworm"
+    log "$1: built in ${secs} s; $(printf "%'d" "$size") bytes stripped; needs glibc >= $glibc;" \
+        "links $("$gnu-readelf" -d "$bin" | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p' | tr '\n' ' ')"
+    echo "$1 build_s=$secs size_bytes=$size glibc=$glibc features=${feats:-none}" >>"$summary"
+    if [ "$1" = aarch64 ] && [ "$size" -gt "$size_budget" ]; then
+        die "the aarch64 binary is $size bytes, over the budget of $size_budget"
+    fi
+}
+
+# --- test --------------------------------------------------------------------
+
+run_tests() {
+    target_env "$1"
+    local start=$SECONDS
+    log "testing $rust under $qemu"
+    # Children the tests start (the camnode binary) reach qemu through
+    # binfmt_misc, not through cargo's runner, so they get the sysroot and
+    # library path from qemu's own environment variables.
+    # Optimised code with debug assertions: the integration tests run whole
+    # node/hub sessions with time limits, which unoptimised code under
+    # emulation (some 50x slower than a native release build) cannot meet.
+    # shellcheck disable=SC2046
+    QEMU_LD_PREFIX=$sysroot QEMU_SET_ENV=LD_LIBRARY_PATH=$runner_ld_path \
+        CARGO_PROFILE_DEV_OPT_LEVEL=3 CARGO_PROFILE_DEV_DEBUG=false \
+        cargo test --no-fail-fast $(cargo_args)
+    log "$1: tests passed under qemu in $((SECONDS - start)) s"
+    echo "$1 test_s=$((SECONDS - start))" >>"$summary"
+}
+
+# --- smoke -------------------------------------------------------------------
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+smoke() {
+    target_env "$1"
+    local node=$CARGO_TARGET_DIR/$rust/release/camnode
+    [ -x "$node" ] || die "$node missing: run '$0 build $1' first"
+    # The hub is the x86 build of the same tree: the smoke run checks that
+    # the ARM node interoperates with a native peer. It needs no Pi feature.
+    local hub_bin=${CAMNODE_HOST_BIN:-}
+    if [ -z "$hub_bin" ]; then
+        cargo build --quiet --bin camnode
+        hub_bin=$CARGO_TARGET_DIR/debug/camnode
+    fi
+    local dir frames=20 width=320 height=240 port start=$SECONDS
+    dir=$(mktemp -d)
+    port=$(free_port)
+    log "smoke: $1 node under $qemu -> x86 hub on tcp://127.0.0.1:$port"
+    "$hub_bin" hub --bind "tcp://127.0.0.1:$port" --save "$dir/saved" --count "$frames" --idle 60 \
+        --summary-json "$dir/hub.json" 2>"$dir/hub.log" &
+    local hub_pid=$!
+    local node_status=0 hub_status=0
+    timeout 120 "$qemu" -L "$sysroot" -E "LD_LIBRARY_PATH=$runner_ld_path" "$node" run \
+        --source "synthetic:${width}x$height" --hub "tcp://127.0.0.1:$port" --mode req \
+        --frames "$frames" --rate max --send all --heartbeat 0 2>"$dir/node.log" || node_status=$?
+    # After a clean node run the hub stops by itself at --count messages; a
+    # node that failed may never send them, so its hub is stopped at once.
+    [ "$node_status" = 0 ] || kill "$hub_pid" 2>/dev/null || true
+    wait "$hub_pid" || hub_status=$?
+    if [ "$node_status" != 0 ] || [ "$hub_status" != 0 ]; then
+        log "node log:"
+        cat "$dir/node.log" >&2
+        log "hub log:"
+        cat "$dir/hub.log" >&2
+        die "smoke $1: node exit $node_status, hub exit $hub_status"
+    fi
+    local images bad
+    read -r images bad < <(python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(s["images"], s["bad"])' "$dir/hub.json")
+    if [ "$images" != "$frames" ] || [ "$bad" != 0 ]; then
+        die "smoke $1: the hub received $images images ($bad bad), expected $frames; see $dir"
+    fi
+    # Decode every saved file with libjpeg-turbo's own djpeg, independently
+    # of camnode's decoder, and check the size.
+    local jpg decoded=0 header
+    while IFS= read -r -d '' jpg; do
+        header=$(djpeg -pnm "$jpg" | head -c 20 | tr '\n' ' ')
+        [[ $header == "P6 $width $height "* ]] || die "smoke $1: $jpg decodes to '$header', expected ${width}x$height"
+        decoded=$((decoded + 1))
+    done < <(find "$dir/saved" -name '*.jpg' -print0)
+    [ "$decoded" = "$frames" ] || die "smoke $1: $decoded JPEG files saved, expected $frames"
+    log "$1: smoke passed: $frames frames ${width}x$height from the $1 node decoded on the x86 hub in $((SECONDS - start)) s"
+    echo "$1 smoke_s=$((SECONDS - start)) frames=$frames" >>"$summary"
+    rm -rf "$dir"
+}
+
+# --- main --------------------------------------------------------------------
+
+summary=$(mktemp)
+trap 'rm -f "$summary"' EXIT
+
+case $step in
+setup) setup ;;
+build) for t in "${targets[@]}"; do build "$t"; done ;;
+test) for t in "${targets[@]}"; do run_tests "$t"; done ;;
+smoke) for t in "${targets[@]}"; do smoke "$t"; done ;;
+all)
+    setup
+    for t in "${targets[@]}"; do build "$t"; done
+    for t in "${targets[@]}"; do [ "$t" = aarch64 ] && run_tests "$t"; done
+    for t in "${targets[@]}"; do smoke "$t"; done
+    ;;
+*) die "unknown step '$step': use setup, build, test, smoke or all" ;;
+esac
+
+log "summary:"
+sed 's/^/cross.sh:   /' "$summary" >&2
