@@ -49,6 +49,7 @@ impl Default for HubConfig {
 pub struct Received {
     pub msg: String,
     pub node: Option<String>,
+    pub boot: Option<u64>,
     pub seq: Option<u64>,
     pub ts: Option<f64>,
     pub score: Option<f32>,
@@ -88,21 +89,37 @@ struct RecentIds {
 const RECENT_IDS: usize = 100_000;
 
 impl RecentIds {
-    /// True the first time an id is seen.
-    fn first_time(&mut self, header: &Header) -> bool {
-        let (Some(node), Some(seq)) = (&header.node, header.seq) else { return true };
-        let id = (node.clone(), header.boot.unwrap_or(0), seq, header.msg.clone());
-        if !self.seen.insert(id.clone()) {
-            return false;
+    fn id(header: &Header) -> Option<(String, u64, u64, String)> {
+        let (Some(node), Some(seq)) = (&header.node, header.seq) else { return None };
+        Some((node.clone(), header.boot.unwrap_or(0), seq, header.msg.clone()))
+    }
+
+    /// True if this message was stored before (senders without ids never repeat).
+    fn seen(&self, header: &Header) -> bool {
+        Self::id(header).is_some_and(|id| self.seen.contains(&id))
+    }
+
+    /// Remembers a stored message, forgetting the oldest past the limit.
+    fn remember(&mut self, header: &Header) {
+        let Some(id) = Self::id(header) else { return };
+        if self.seen.insert(id.clone()) {
+            self.order.push_back(id);
         }
-        self.order.push_back(id);
         if self.order.len() > RECENT_IDS {
             if let Some(old) = self.order.pop_front() {
                 self.seen.remove(&old);
             }
         }
-        true
     }
+}
+
+/// What became of one received message; decides the reply.
+enum Handled {
+    Stored(Received),
+    /// A repeat or a malformed message: acknowledged, since resending cannot help.
+    Skipped,
+    /// Valid, but it could not be saved: not acknowledged, so the node keeps it.
+    NotStored,
 }
 
 /// A receiving hub.
@@ -169,88 +186,88 @@ impl Hub {
             Err(e) => return Err(e.into()),
         }
         let parts = self.socket.recv_multipart(0)?;
-        // Reply first: a REQ node is waiting, and whatever we think of the
-        // message, it must not hang.
+        let handled = self.handle(&parts);
+        // Reply only after the message is stored: an acknowledged message is
+        // the node's to forget, so a hub killed mid-save must not have said OK.
         if self.config.mode == Mode::Req {
-            self.socket.send(&self.config.reply[..], 0)?;
+            let reply: &[u8] = match handled {
+                Handled::NotStored => b"ERROR: not stored",
+                _ => &self.config.reply,
+            };
+            self.socket.send(reply, 0)?;
         }
-        let [header, payload] = &parts[..] else {
+        Ok(match handled {
+            Handled::Stored(received) => Some(received),
+            _ => None,
+        })
+    }
+
+    fn handle(&mut self, parts: &[Vec<u8>]) -> Handled {
+        let [header, payload] = parts else {
             self.summary.bad += 1;
             warn!("dropped a message of {} frames: imagezmq messages have 2", parts.len());
-            return Ok(None);
+            return Handled::Skipped;
         };
         let header = match parse_header(header) {
             Ok(h) => h,
             Err(e) => {
                 self.summary.bad += 1;
                 warn!("dropped a message: {e}");
-                return Ok(None);
+                return Handled::Skipped;
             }
         };
-        if !self.recent.first_time(&header) {
+        if self.recent.seen(&header) {
             self.summary.duplicates += 1;
-            return Ok(None);
+            return Handled::Skipped;
         }
-        match self.accept(&header, payload) {
-            Ok(received) => Ok(Some(received)),
+        let mut received = match describe(&header, payload) {
+            Ok(r) => r,
             Err(e) => {
                 self.summary.bad += 1;
                 warn!("dropped {:?}: {e:#}", header.msg);
-                Ok(None)
+                return Handled::Skipped;
             }
+        };
+        if let Err(e) = self.store(&mut received, payload) {
+            warn!("cannot store {:?}: {e:#}; the node will send it again", header.msg);
+            return Handled::NotStored;
         }
+        self.recent.remember(&header);
+        Handled::Stored(received)
     }
 
-    fn accept(&mut self, header: &Header, payload: &[u8]) -> Result<Received> {
-        let msg = header.msg.clone();
-        let node_name = msg.split([' ', '|']).next().unwrap_or("").to_string();
-        let mut received = Received {
-            msg: msg.clone(),
-            node: header.node.clone().or(Some(node_name.clone())),
-            seq: header.seq,
-            ts: header.ts,
-            score: header.score,
-            kind: "text",
-            bytes: payload.len(),
-            width: None,
-            height: None,
-            path: None,
-        };
-        if msg.ends_with("|jpg") {
-            let info = turbojpeg::read_header(payload).context("the image is not a valid JPEG")?;
-            (received.width, received.height, received.kind) = (Some(info.width), Some(info.height), "jpg");
-            if let Some(dir) = &self.config.save {
-                let path = image_path(dir, &msg, header.ts.unwrap_or_else(crate::frame::unix_now));
-                std::fs::create_dir_all(path.parent().unwrap_or(dir))?;
-                std::fs::write(&path, payload).with_context(|| format!("cannot save {}", path.display()))?;
-                received.path = Some(path);
+    /// Saves an image or logs a text, and counts it.
+    fn store(&mut self, received: &mut Received, payload: &[u8]) -> Result<()> {
+        match received.kind {
+            "jpg" => {
+                if let Some(dir) = &self.config.save {
+                    let path = image_path(dir, &received.msg, received.ts.unwrap_or_else(crate::frame::unix_now));
+                    std::fs::create_dir_all(path.parent().unwrap_or(dir))?;
+                    std::fs::write(&path, payload).with_context(|| format!("cannot save {}", path.display()))?;
+                    received.path = Some(path);
+                }
+                self.summary.images += 1;
             }
-            self.summary.images += 1;
-        } else if let (Some(dtype), Some(shape)) = (&header.dtype, &header.shape) {
-            let expected: usize = shape.iter().product();
-            if dtype != "uint8" || expected != payload.len() {
-                bail!("array of dtype {dtype} and shape {shape:?} does not match its {} bytes", payload.len());
-            }
-            (received.height, received.width, received.kind) = (shape.first().copied(), shape.get(1).copied(), "image");
-            self.summary.images += 1;
-        } else {
-            if msg.contains("|motion|") || msg.contains("|trigger|") {
-                received.kind = "event";
-                self.summary.events += 1;
-                info!("{msg}");
-            } else if msg.ends_with("|Heartbeat") {
-                self.summary.heartbeats += 1;
-            } else {
-                info!("{msg}");
-            }
-            if let Some(log) = &mut self.log {
-                writeln!(log, "{} ~ {msg}", format_local(crate::frame::unix_now(), " "))?;
+            "image" => self.summary.images += 1,
+            kind => {
+                if let Some(log) = &mut self.log {
+                    writeln!(log, "{} ~ {}", format_local(crate::frame::unix_now(), " "), received.msg)?;
+                }
+                match kind {
+                    "event" => {
+                        info!("{}", received.msg);
+                        self.summary.events += 1;
+                    }
+                    _ if received.msg.ends_with("|Heartbeat") => self.summary.heartbeats += 1,
+                    _ => info!("{}", received.msg),
+                }
             }
         }
         self.summary.messages += 1;
         self.summary.bytes += payload.len() as u64;
-        *self.summary.per_node.entry(node_name).or_default() += 1;
-        Ok(received)
+        let node = received.msg.split([' ', '|']).next().unwrap_or("").to_string();
+        *self.summary.per_node.entry(node).or_default() += 1;
+        Ok(())
     }
 
     /// Receives until `--count`, `--idle` or `stop`, calling `each` per message.
@@ -273,6 +290,39 @@ impl Hub {
         self.summary.wall_s = started.elapsed().as_secs_f64();
         Ok(())
     }
+}
+
+/// Checks a message and says what it is, without side effects.
+fn describe(header: &Header, payload: &[u8]) -> Result<Received> {
+    let msg = &header.msg;
+    let mut received = Received {
+        msg: msg.clone(),
+        node: header.node.clone().or_else(|| msg.split([' ', '|']).next().map(str::to_string)),
+        boot: header.boot,
+        seq: header.seq,
+        ts: header.ts,
+        score: header.score,
+        kind: "text",
+        bytes: payload.len(),
+        width: None,
+        height: None,
+        path: None,
+    };
+    if msg.ends_with("|jpg") {
+        let info = turbojpeg::read_header(payload).context("the image is not a valid JPEG")?;
+        (received.width, received.height, received.kind) = (Some(info.width), Some(info.height), "jpg");
+    } else if let (Some(dtype), Some(shape)) = (&header.dtype, &header.shape) {
+        let expected: usize = shape.iter().product();
+        if dtype != "uint8" || expected != payload.len() {
+            bail!("array of dtype {dtype} and shape {shape:?} does not match its {} bytes", payload.len());
+        }
+        if shape.len() == 3 {
+            (received.height, received.width, received.kind) = (Some(shape[0]), Some(shape[1]), "image");
+        }
+    } else if msg.contains("|motion|") || msg.contains("|trigger|") {
+        received.kind = "event";
+    }
+    Ok(received)
 }
 
 /// `DIR/YYYY-MM-DD/NODE-VIEW-YYYY-MM-DDTHH.MM.SS.ffffff.jpg`, as imagehub names images.
@@ -320,10 +370,44 @@ mod tests {
     fn repeats_are_recognised_per_boot() {
         let mut recent = RecentIds::default();
         let header = |boot, seq| Header { msg: "n v|jpg".into(), node: Some("n".into()), boot: Some(boot), seq: Some(seq), ..Default::default() };
-        assert!(recent.first_time(&header(1, 5)));
-        assert!(!recent.first_time(&header(1, 5)));
-        assert!(recent.first_time(&header(2, 5)), "a restarted node reuses sequence numbers");
+        assert!(!recent.seen(&header(1, 5)));
+        recent.remember(&header(1, 5));
+        assert!(recent.seen(&header(1, 5)));
+        assert!(!recent.seen(&header(2, 5)), "a restarted node reuses sequence numbers");
         let plain = Header { msg: "pi Cam|jpg".into(), ..Default::default() };
-        assert!(recent.first_time(&plain) && recent.first_time(&plain), "imagezmq senders carry no ids");
+        recent.remember(&plain);
+        assert!(!recent.seen(&plain), "imagezmq senders carry no ids");
+    }
+
+    #[test]
+    fn a_message_that_cannot_be_saved_is_not_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let config = HubConfig { bind: format!("tcp://127.0.0.1:{port}"), save: Some(dir.path().to_path_buf()), ..HubConfig::default() };
+        let mut hub = Hub::open(config).unwrap();
+        let context = zmq::Context::new();
+        let node = context.socket(zmq::REQ).unwrap();
+        node.connect(&format!("tcp://127.0.0.1:{port}")).unwrap();
+        let jpeg = crate::encode::placeholder_jpeg().unwrap();
+        let header = br#"{"msg": "n v|jpg", "node": "n", "boot": 1, "seq": 7, "ts": 86400.5}"#;
+        // A file where the day's folder should be makes saving fail.
+        let day = image_path(dir.path(), "n v|jpg", 86400.5).parent().unwrap().to_path_buf();
+        std::fs::write(&day, b"in the way").unwrap();
+        let mut exchange = |hub: &mut Hub| {
+            node.send_multipart([&header[..], &jpeg[..]], 0).unwrap();
+            let received = hub.receive(Duration::from_secs(5)).unwrap();
+            (received, node.recv_bytes(0).unwrap())
+        };
+        let (received, reply) = exchange(&mut hub);
+        assert!(received.is_none());
+        assert!(reply.starts_with(b"ERROR"), "{}", String::from_utf8_lossy(&reply));
+        std::fs::remove_file(&day).unwrap();
+        let (received, reply) = exchange(&mut hub);
+        assert_eq!(reply, b"OK");
+        assert!(received.unwrap().path.unwrap().exists());
+        // The resend after a failure is stored once; a repeat of a stored one is only acknowledged.
+        let (received, reply) = exchange(&mut hub);
+        assert_eq!((received.is_none(), reply.as_slice()), (true, &b"OK"[..]));
+        assert_eq!((hub.summary.images, hub.summary.duplicates), (1, 1));
     }
 }

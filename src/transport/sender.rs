@@ -455,7 +455,8 @@ impl Worker {
             let slice = (limit - now).min(POLL_SLICE);
             match self.socket.poll(zmq::POLLIN, slice.as_millis().max(1) as i64) {
                 Ok(0) if self.outage_since.is_some() => self.spool_queue(),
-                Ok(0) => {}
+                // A signal interrupted the wait, not the hub: keep waiting.
+                Ok(0) | Err(zmq::Error::EINTR) => {}
                 Ok(_) => break,
                 Err(e) => return Reply::Failed(e),
             }
