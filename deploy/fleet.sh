@@ -72,10 +72,17 @@ done
 # A dry run's plans come out in file order.
 [ -z "$dry_run" ] || jobs=1
 
+# Per-host exit statuses; transcripts and ssh control sockets go to the log
+# directory, which a dry run does not need.
+status_dir=$(mktemp -d)
+trap 'rm -rf "$status_dir"' EXIT
+if [ -z "$dry_run" ]; then
+    [ -n "$log_dir" ] || log_dir=$(mktemp -d "${TMPDIR:-/tmp}/camnode-fleet.XXXXXX")
+    mkdir -p "$log_dir/ssh"
+fi
+
 # BatchMode: never wait for a password prompt nobody will answer.
 # ControlMaster: one ssh connection per host, reused by every step.
-[ -n "$log_dir" ] || log_dir=$(mktemp -d "${TMPDIR:-/tmp}/camnode-fleet.XXXXXX")
-mkdir -p "$log_dir/ssh"
 # shellcheck disable=SC2206 # FLEET_SSH_OPTS is a list of options by design
 ssh_opts=(-o BatchMode=yes -o ConnectTimeout=10 -o ServerAliveInterval=10
     -o StrictHostKeyChecking=accept-new
@@ -196,8 +203,6 @@ while IFS= read -r line || [ -n "$line" ]; do
 done <"$hosts_file"
 [ ${#hosts[@]} -gt 0 ] || { echo "fleet.sh: no hosts in $hosts_file" >&2; exit 2; }
 
-status_dir=$log_dir/status
-mkdir -p "$status_dir"
 running=0
 for i in "${!hosts[@]}"; do
     if [ "$running" -ge "$jobs" ]; then
@@ -224,5 +229,9 @@ failed=0
 for i in "${!hosts[@]}"; do
     [ "$(cat "$status_dir/$i" 2>/dev/null)" = 0 ] || failed=$((failed + 1))
 done
-echo "fleet.sh: ${#hosts[@]} hosts, $((${#hosts[@]} - failed)) ok, $failed failed${dry_run:+ (dry run)}; transcripts in $log_dir" >&2
+if [ -n "$dry_run" ]; then
+    echo "fleet.sh: ${#hosts[@]} hosts, $((${#hosts[@]} - failed)) planned, $failed without a package (dry run)" >&2
+else
+    echo "fleet.sh: ${#hosts[@]} hosts, $((${#hosts[@]} - failed)) ok, $failed failed; transcripts in $log_dir" >&2
+fi
 [ "$failed" = 0 ]

@@ -14,6 +14,14 @@
 #   - Depends names a package for every shared library the binary links;
 #   - systemd-analyze verify on the unit as installed by the package (any
 #     warning fails), and its sandbox exposure score;
+#   - for arm64, a real installation: apt installs the package into a Debian
+#     bookworm arm64 root (made once with mmdebstrap and cached; its ARM
+#     programs run through qemu-user via binfmt_misc), which resolves the
+#     Depends from Debian's archive and runs the maintainer scripts; then the
+#     camnode user, groups, state directory and enabled unit are checked, the
+#     installed binary sends frames from inside the root to an x86 hub on
+#     loopback, a reinstall keeps a locally edited config, and a purge
+#     removes the state;
 # then, once for the tree:
 #   - Cross.toml parses, names Dockerfiles and contexts that exist, and the
 #     Dockerfiles' shell steps parse (Docker itself is not available here:
@@ -23,8 +31,8 @@
 #     that refuse connections on loopback reports one failure line per host
 #     without stopping at the first.
 #
-# Settings: DEB_DIR as above; CARGO_TARGET_DIR and CAMNODE_FEATURES as for
-# scripts/cross.sh.
+# Settings: DEB_DIR as above; CARGO_TARGET_DIR, CAMNODE_FEATURES and
+# CAMNODE_HOST_BIN as for scripts/cross.sh.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -37,6 +45,9 @@ cargo_deb=$cache/bin/cargo-deb
 # systemd-analyze security's exposure, in tenths: 0 is fully locked down,
 # 100 unrestricted; the unit scores about 17.
 max_exposure=20
+# The installation test's root file system; the suffix changes whenever the
+# way it is made changes, so a stale cache is never reused.
+rootfs=$cache/rootfs-bookworm-arm64-1.tar
 
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(aarch64 armv7)
@@ -80,12 +91,63 @@ package() {
     local start=$SECONDS
     mkdir -p "$deb_dir"
     # --no-build: the binary is the one cross.sh built and checked.
-    local out
-    out=$("$cargo_deb" --no-build --target "$rust" --output "$deb_dir")
-    out=$(echo "$out" | tail -1)
-    [ -f "$out" ] || die "cargo-deb did not report a package path (got '$out')"
-    log "$1: $out ($(stat -c %s "$out") bytes) in $((SECONDS - start)) s"
-    check_package "$out"
+    # The package's path, for the steps after this one. --quiet: cargo-deb's
+    # own dependency lookup cannot see a libcamera built outside dpkg and
+    # says so at length; set_depends below does it right.
+    packaged=$("$cargo_deb" --quiet --no-build --target "$rust" --output "$deb_dir" | tail -1)
+    [ -f "$packaged" ] || die "cargo-deb did not report a package path (got '$packaged')"
+    set_depends "$packaged" "$(package_depends "$1" "$CARGO_TARGET_DIR/$rust/release/camnode")"
+    log "$1: $packaged ($(stat -c %s "$packaged") bytes) in $((SECONDS - start)) s"
+    check_package "$packaged"
+}
+
+# The sonames of the shared libraries a target binary links.
+needed_libs() {
+    "$gnu-readelf" -d "$1" | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p'
+}
+
+# Debian and the Raspberry Pi archive both name libcamera's runtime package
+# after its soname: libcamera.so.0.7 and libcamera-base.so.0.7 are in
+# libcamera0.7.
+libcamera_package() {
+    local soname=$1
+    echo "libcamera${soname##*.so.}"
+}
+
+# Depends for the binary of target $1: what dpkg-shlibdeps derives from the
+# libraries' symbol files (with minimum versions), plus the libcamera
+# package, which dpkg-shlibdeps cannot know when libcamera was built from
+# source by scripts/libcamera.sh, plus adduser for the postinst.
+package_depends() {
+    local bin=$2 search=() extra=() soname dir shlibs
+    for soname in $(needed_libs "$bin"); do
+        case $soname in
+        libcamera.so.*)
+            eval "$(scripts/libcamera.sh "$1")"
+            local var=LIBCAMERA_PREFIX_${rust//-/_}
+            search+=("-l${!var}/lib")
+            extra+=("$(libcamera_package "$soname")")
+            ;;
+        esac
+    done
+    dir=$(mktemp -d)
+    mkdir "$dir/debian"
+    : >"$dir/debian/control"
+    shlibs=$(cd "$dir" && DEB_HOST_ARCH=$deb dpkg-shlibdeps --ignore-missing-info "${search[@]}" -O "$bin" 2>/dev/null |
+        sed -n 's/^shlibs:Depends=//p')
+    rm -rf "$dir"
+    [ -n "$shlibs" ] || die "dpkg-shlibdeps found no dependencies for $bin"
+    echo "adduser, $shlibs${extra[*]:+, ${extra[*]}}"
+}
+
+# Rewrites the Depends field of a built package.
+set_depends() {
+    local pkg=$1 depends=$2 dir
+    dir=$(mktemp -d)
+    dpkg-deb --raw-extract "$pkg" "$dir/pkg"
+    sed -i "s/^Depends: .*/Depends: $depends/" "$dir/pkg/DEBIAN/control"
+    dpkg-deb --root-owner-group -Zxz --build "$dir/pkg" "$pkg" >/dev/null
+    rm -rf "$dir"
 }
 
 check_package() {
@@ -142,8 +204,9 @@ check_depends() {
     # Package names alone: no versions, alternatives split, no :arch.
     names=$(sed 's/^ *//; s/[ (:].*//' <<<"${depends//[,|]/$'\n'}")
     grep -qx adduser <<<"$names" || die "$pkg: Depends lacks adduser (postinst needs it)"
-    for soname in $("$gnu-readelf" -d "$bin" | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p'); do
+    for soname in $(needed_libs "$bin"); do
         owner=$(dpkg -S "*/$gnu/$soname" 2>/dev/null | grep "^[^ ]*:$deb:" | head -1 | cut -d: -f1 || true)
+        case $soname in libcamera.so.* | libcamera-base.so.*) owner=$(libcamera_package "$soname") ;; esac
         if [ -z "$owner" ]; then
             # Without multiarch, glibc and libgcc come from the cross
             # sysroot packages (libc6-arm64-cross...), which mirror these.
@@ -173,6 +236,116 @@ verify_unit() {
     log "systemd-analyze verify: camnode.service clean"
     systemd-analyze security --offline=yes --root="$root" --threshold="$max_exposure" camnode.service |
         tail -1 >&2 || die "camnode.service's exposure is above $max_exposure (tenths); see systemd-analyze security"
+}
+
+# --- installation into a Debian arm64 root ---------------------------------------
+
+# A minimal bookworm arm64 root (essential packages, apt and adduser; libzmq5
+# and the rest of Depends come from the archive at install time), made once.
+ensure_rootfs() {
+    [ -f "$rootfs" ] && return
+    log "making $rootfs with mmdebstrap (once; minutes under qemu)"
+    local start=$SECONDS
+    mmdebstrap --quiet --mode=root --variant=apt --architectures=arm64 --include=adduser bookworm "$rootfs.part" >&2
+    mv "$rootfs.part" "$rootfs"
+    log "root file system made in $((SECONDS - start)) s"
+}
+
+# Debian bookworm ships libcamera 0.0.3 only; Raspberry Pi OS gets its
+# libcamera0.X from the Raspberry Pi archive, which this machine cannot
+# reach. So that the rest of the installation is still tested for real, the
+# package the Depends names is made here from the very libcamera build the
+# binary was linked against (scripts/libcamera.sh), with its own Depends
+# from dpkg-shlibdeps, and installed alongside. Prints its path in the root.
+libcamera_stand_in() {
+    local name=$1 root=$2 prefix dir version depends
+    eval "$(scripts/libcamera.sh aarch64)"
+    # shellcheck disable=SC2154 # set by the eval above
+    prefix=$LIBCAMERA_PREFIX_aarch64_unknown_linux_gnu
+    version=$(find "$prefix/lib" -name 'libcamera.so.*.*.*' -printf '%f\n' | sed 's/libcamera\.so\.//')
+    log "install test: $name is not in Debian bookworm (a Pi gets it from archive.raspberrypi.com);" \
+        "installing one made from $prefix instead"
+    dir=$(mktemp -d)
+    mkdir -p "$dir/pkg/DEBIAN" "$dir/pkg/usr/lib/aarch64-linux-gnu" "$dir/debian"
+    cp -a "$prefix"/lib/libcamera*.so.* "$dir/pkg/usr/lib/aarch64-linux-gnu/"
+    : >"$dir/debian/control"
+    depends=$(cd "$dir" && DEB_HOST_ARCH=arm64 dpkg-shlibdeps --ignore-missing-info -l"$prefix/lib" -O \
+        pkg/usr/lib/aarch64-linux-gnu/libcamera*.so.*.*.* 2>/dev/null | sed -n 's/^shlibs:Depends=//p')
+    printf '%s\n' "Package: $name" "Version: $version-0camnode1" "Architecture: arm64" \
+        "Maintainer: camnode developers <camnode@localhost>" "Depends: $depends" \
+        "Description: libcamera $version as built by camnode's scripts/libcamera.sh (install test only)" \
+        >"$dir/pkg/DEBIAN/control"
+    dpkg-deb --root-owner-group --build "$dir/pkg" "$root/tmp/$name.deb" >/dev/null
+    rm -rf "$dir"
+    echo "/tmp/$name.deb"
+}
+
+install_test() {
+    local pkg=$1 root start=$SECONDS
+    ensure_rootfs
+    root=$(mktemp -d)
+    tar -xf "$rootfs" -C "$root"
+    cp /etc/resolv.conf "$root/etc/resolv.conf"
+    cp "$pkg" "$root/tmp/"
+    local in=(chroot "$root" /usr/bin/env DEBIAN_FRONTEND=noninteractive)
+    local deb=/tmp/${pkg##*/}
+    "${in[@]}" apt-get update -qq >&2 || log "apt-get update in the root reported errors; installing anyway"
+    local debs=("$deb") libcamera
+    libcamera=$(dpkg-deb --field "$pkg" Depends | grep -o 'libcamera0\.[0-9]*' || true)
+    if [ -n "$libcamera" ] && ! chroot "$root" apt-cache show "$libcamera" >/dev/null 2>&1; then
+        debs+=("$(libcamera_stand_in "$libcamera" "$root")")
+    fi
+    log "install test: apt-get install ${debs[*]} in a bookworm arm64 root"
+    "${in[@]}" apt-get install -y -qq "${debs[@]}" >"$root/install.log" 2>&1 ||
+        { cat "$root/install.log" >&2; die "installing $pkg on Debian bookworm arm64 failed"; }
+
+    local groups
+    groups=$(chroot "$root" id -nG camnode) || die "postinst created no camnode user"
+    for g in camnode video gpio; do
+        grep -qw "$g" <<<"$groups" || die "camnode is not in group $g (groups: $groups)"
+    done
+    [ "$(chroot "$root" stat -c '%U:%G %a' /var/lib/camnode)" = "camnode:camnode 750" ] ||
+        die "/var/lib/camnode is $(chroot "$root" stat -c '%U:%G %a' /var/lib/camnode), expected camnode:camnode 750"
+    [ -L "$root/etc/systemd/system/multi-user.target.wants/camnode.service" ] ||
+        die "the package did not enable camnode.service"
+    local version
+    version=$(chroot "$root" /usr/bin/camnode --version) || die "the installed camnode does not run"
+    log "install test: $version runs with Debian's arm64 libraries; user, groups, state directory and unit are in place"
+
+    # The installed binary, against the distribution's libzmq5 rather than
+    # the build's, sends to an x86 hub (the root shares this machine's
+    # loopback).
+    local hub_bin=${CAMNODE_HOST_BIN:-} port frames=5
+    if [ -z "$hub_bin" ]; then
+        (unset CAMNODE_FEATURES; cargo build --quiet --bin camnode)
+        hub_bin=$CARGO_TARGET_DIR/debug/camnode
+    fi
+    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    # --count: the frames and the node's opening Restart notice.
+    "$hub_bin" hub --bind "tcp://127.0.0.1:$port" --count $((frames + 1)) --idle 60 --summary-json "$root/hub.json" \
+        2>"$root/hub.log" &
+    local hub_pid=$! node_status=0
+    timeout 120 chroot "$root" /usr/bin/camnode run --source synthetic:160x120 --hub "tcp://127.0.0.1:$port" \
+        --mode req --frames "$frames" --rate max --send all --heartbeat 0 2>"$root/node.log" || node_status=$?
+    [ "$node_status" = 0 ] || kill "$hub_pid" 2>/dev/null || true
+    wait "$hub_pid" || { cat "$root/node.log" "$root/hub.log" >&2; die "hub failed with the installed node"; }
+    [ "$node_status" = 0 ] || { cat "$root/node.log" >&2; die "the installed camnode run failed"; }
+    python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); sys.exit(s["images"] != int(sys.argv[2]) or s["bad"] != 0)' \
+        "$root/hub.json" "$frames" || die "the hub did not get $frames good images from the installed node"
+    log "install test: the installed node sent $frames frames to an x86 hub"
+
+    # Upgrade path: a local edit of the conffile survives a reinstall that
+    # keeps old conffiles (as fleet.sh installs), and postinst is idempotent.
+    echo "# edited on this Pi" >>"$root/etc/camnode/camnode.toml"
+    "${in[@]}" apt-get install -y -qq --reinstall -o Dpkg::Options::=--force-confold "$deb" >"$root/install.log" 2>&1 ||
+        { cat "$root/install.log" >&2; die "reinstalling $pkg failed"; }
+    grep -q '^# edited on this Pi$' "$root/etc/camnode/camnode.toml" || die "a reinstall overwrote the edited config"
+
+    "${in[@]}" dpkg --purge camnode >"$root/install.log" 2>&1 || { cat "$root/install.log" >&2; die "purging camnode failed"; }
+    [ ! -e "$root/var/lib/camnode" ] || die "purge left /var/lib/camnode"
+    [ ! -e "$root/etc/systemd/system/multi-user.target.wants/camnode.service" ] || die "purge left the unit enabled"
+    log "install test: reinstall kept the edited config; purge removed the state; $((SECONDS - start)) s"
+    rm -rf "$root"
 }
 
 # --- the tree ------------------------------------------------------------------
@@ -253,10 +426,12 @@ check_fleet() {
 
 # --- main ----------------------------------------------------------------------
 
-need_tools dpkg-dev shellcheck systemd python3 file
+need_tools dpkg-dev shellcheck systemd python3 file mmdebstrap arch-test
+bash scripts/cross.sh setup "${targets[@]}"
 ensure_cargo_deb
 for t in "${targets[@]}"; do
     package "$t"
+    [ "$t" != aarch64 ] || install_test "$packaged"
 done
 check_cross_toml
 check_fleet

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs what building camnode needs on Debian/Ubuntu: a C toolchain, cmake
-# and nasm for libjpeg-turbo, pkg-config. Idempotent and quiet when all is
-# there; needs root (or sudo) only when something is missing.
+# and nasm for libjpeg-turbo, pkg-config, and libzmq3-dev (camnode links the
+# system's libzmq, which has CURVE: docs/security.md), plus any packages named
+# as arguments (tools the tests use). Idempotent and quiet when all is there;
+# needs root (or sudo) only when something is missing.
 set -euo pipefail
 
-packages=(build-essential cmake nasm pkg-config)
+packages=(build-essential cmake nasm pkg-config libzmq3-dev "$@")
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash scripts/setup.sh
+# tcpdump: tests/curve.rs captures loopback traffic to show what CURVE hides.
+bash scripts/setup.sh tcpdump
 # Built once here so the interop tests do not race to create it.
 bash scripts/python-env.sh >/dev/null
 cargo test --locked

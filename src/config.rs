@@ -115,7 +115,7 @@ impl Default for EncodeConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct TransportConfig {
     /// "req": connect to a hub and wait for its reply to each message (acknowledged;
-    /// event frames the hub cannot take wait in the [spool]: for events that must arrive);
+    /// event frames the hub cannot take wait in the `[spool]`: for events that must arrive);
     /// "pub": bind and publish to any subscribed hub (live view, no acknowledgement, nothing spooled) (default "req").
     pub mode: Mode,
     /// REQ: the hub address to connect to (default "tcp://127.0.0.1:5555").

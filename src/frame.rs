@@ -5,7 +5,10 @@
 //! flip, motion detection and the encoder without a copy. A [`FrameBuf`] owns
 //! its pixels; it is where a frame goes when it must outlive the capture
 //! buffer (the pre-event ring, a software flip, an encoder worker), and it is
-//! reused rather than reallocated.
+//! reused rather than reallocated. A [`Captured`] frame is either: a stage
+//! that keeps it copies a lent one, but takes an owned one's buffer. Buffers
+//! not in use wait in one [`Spares`] list, so a pipeline holds only as many
+//! as it ever needs at once.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -87,6 +90,76 @@ impl Frame<'_> {
                 need(&self.v, cw, ch, "V")
             }
             PixelLayout::Nv12 => need(&self.u, cw * 2, ch, "UV"),
+        }
+    }
+}
+
+/// The frame being processed: lent by its source (a camera buffer that must
+/// go back), or in a buffer of the pipeline's own, filled by a source that
+/// reads frames (a file, a pipe).
+pub enum Captured<'a> {
+    Lent(Frame<'a>),
+    Owned(&'a mut FrameBuf),
+}
+
+impl Captured<'_> {
+    pub fn frame(&self) -> Frame<'_> {
+        match self {
+            Captured::Lent(frame) => *frame,
+            Captured::Owned(buf) => buf.as_frame(),
+        }
+    }
+
+    /// The frame in a buffer of its own, for a stage that holds on to it:
+    /// an owned frame's buffer is taken (leaving an empty one for its owner
+    /// to restock), a lent frame is copied (3 MB at 1080p) into a spare.
+    pub fn keep(&mut self, spares: &mut Spares) -> FrameBuf {
+        match self {
+            Captured::Lent(frame) => {
+                let mut buf = spares.take();
+                buf.copy_from(frame);
+                buf
+            }
+            Captured::Owned(buf) => std::mem::take(*buf),
+        }
+    }
+}
+
+/// Frame buffers between uses, shared by every stage that keeps frames, and
+/// a count of those made, which the pipeline holds to a limit: at 1080p
+/// each is 3 MB, so the count is what bounds a node's memory.
+#[derive(Debug)]
+pub struct Spares {
+    spare: Vec<FrameBuf>,
+    made: usize,
+    limit: usize,
+}
+
+impl Spares {
+    /// Spares of which `limit` are made before [`must_wait`](Self::must_wait) says so.
+    pub fn new(limit: usize) -> Self {
+        Spares { spare: Vec::with_capacity(limit), made: 0, limit }
+    }
+
+    /// No spare, and the limit reached: rather than make another buffer,
+    /// wait for one a stage is about to give back.
+    pub fn must_wait(&self) -> bool {
+        self.spare.is_empty() && self.made >= self.limit
+    }
+
+    /// A spare buffer, or a new empty one (which grows when first filled).
+    pub fn take(&mut self) -> FrameBuf {
+        self.spare.pop().unwrap_or_else(|| {
+            self.made += 1;
+            FrameBuf::default()
+        })
+    }
+
+    /// Keeps `buf` for reuse; an empty one (whose pixels a stage took) is
+    /// not a buffer of its own.
+    pub fn give(&mut self, buf: FrameBuf) {
+        if buf.data.capacity() > 0 {
+            self.spare.push(buf);
         }
     }
 }

@@ -14,6 +14,10 @@ use crate::frame::{unix_now, Frame, FrameBuf};
 pub struct I420Reader {
     name: String,
     input: Box<dyn Read + Send>,
+    width: usize,
+    height: usize,
+    /// Where `next_frame` reads to, allocated on its first call: a pipeline
+    /// that reads into its own buffers never needs it.
     frame: FrameBuf,
     seq: u64,
     /// A pipe from a camera paces itself; a file does not.
@@ -28,23 +32,15 @@ impl I420Reader {
             let file = File::open(path).with_context(|| format!("cannot open i420 source {}", path.display()))?;
             (path.display().to_string(), Box::new(io::BufReader::with_capacity(1 << 20, file)), false)
         };
-        Ok(I420Reader { name, input, frame: FrameBuf::new(width, height), seq: 0, live })
-    }
-}
-
-impl FrameSource for I420Reader {
-    fn size(&self) -> (usize, usize) {
-        (self.frame.width, self.frame.height)
+        Ok(I420Reader { name, input, width, height, frame: FrameBuf::default(), seq: 0, live })
     }
 
-    fn is_live(&self) -> bool {
-        self.live
-    }
-
-    fn next_frame(&mut self) -> Result<Option<Frame<'_>>> {
+    /// Reads the next frame into `buf`; false at the end of the stream.
+    fn read(&mut self, buf: &mut FrameBuf) -> Result<bool> {
+        buf.resize(self.width, self.height);
         let mut filled = 0;
-        while filled < self.frame.data.len() {
-            match self.input.read(&mut self.frame.data[filled..]) {
+        while filled < buf.data.len() {
+            match self.input.read(&mut buf.data[filled..]) {
                 Ok(0) => break,
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -52,22 +48,43 @@ impl FrameSource for I420Reader {
             }
         }
         if filled == 0 {
-            return Ok(None);
+            return Ok(false);
         }
-        if filled < self.frame.data.len() {
+        if filled < buf.data.len() {
             bail!(
                 "{}: frame {} is truncated ({filled} of {} bytes): is the size {}x{} right?",
                 self.name,
                 self.seq,
-                self.frame.data.len(),
-                self.frame.width,
-                self.frame.height
+                buf.data.len(),
+                self.width,
+                self.height
             );
         }
-        self.frame.seq = self.seq;
-        self.frame.timestamp = unix_now();
+        buf.seq = self.seq;
+        buf.timestamp = unix_now();
         self.seq += 1;
-        Ok(Some(self.frame.as_frame()))
+        Ok(true)
+    }
+}
+
+impl FrameSource for I420Reader {
+    fn size(&self) -> (usize, usize) {
+        (self.width, self.height)
+    }
+
+    fn is_live(&self) -> bool {
+        self.live
+    }
+
+    fn next_frame(&mut self) -> Result<Option<Frame<'_>>> {
+        let mut frame = std::mem::take(&mut self.frame);
+        let read = self.read(&mut frame);
+        self.frame = frame;
+        Ok(read?.then(|| self.frame.as_frame()))
+    }
+
+    fn next_frame_into(&mut self, buf: &mut FrameBuf) -> Option<Result<bool>> {
+        Some(self.read(buf))
     }
 }
 

@@ -18,7 +18,7 @@ use std::str::FromStr;
 
 use anyhow::Result;
 
-use crate::frame::Frame;
+use crate::frame::{Frame, FrameBuf};
 pub use i420::I420Reader;
 pub use jpeg_dir::JpegDir;
 pub use synthetic::Synthetic;
@@ -32,6 +32,17 @@ pub trait FrameSource: Send {
     /// The next frame, or `None` at the natural end of the stream. A source
     /// that fails mid-stream (truncated file, camera gone) returns an error.
     fn next_frame(&mut self) -> Result<Option<Frame<'_>>>;
+
+    /// For sources that read or make every frame in memory of their own
+    /// (files, pipes, the synthetic scene): fills `buf` instead, so that the
+    /// pipeline keeps a frame (for an encoder worker, the pre-event ring) by
+    /// swapping buffers rather than copying pixels. Otherwise as
+    /// [`next_frame`](Self::next_frame), `Ok(false)` at the end of the
+    /// stream. `None` from sources that lend their frames (a camera's buffers
+    /// go back to the driver); those are read with `next_frame`.
+    fn next_frame_into(&mut self, _buf: &mut FrameBuf) -> Option<Result<bool>> {
+        None
+    }
 
     /// True for sources that pace themselves (a camera): `--rate` does not
     /// slow them down.

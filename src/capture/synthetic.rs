@@ -39,7 +39,9 @@ impl Synthetic {
             *pu = (118 + x * 10 / cw) as u8;
             *pv = 134;
         }
-        Synthetic { frame: background.clone(), background, seq: 0, rng: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1 }
+        // `frame` is allocated by the first `next_frame`: a pipeline that has
+        // frames drawn into its own buffers never needs it.
+        Synthetic { frame: FrameBuf::default(), background, seq: 0, rng: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1 }
     }
 
     /// True while the moving object is in frame `seq`.
@@ -59,6 +61,40 @@ impl Synthetic {
         Some((x & !1, (h / 2) & !1, ow, oh.min(h / 2)))
     }
 
+    /// Draws the next frame into `buf`.
+    fn make(&mut self, buf: &mut FrameBuf) {
+        let seq = self.seq;
+        self.seq += 1;
+        let object = self.object_box(seq);
+        let width = self.background.width;
+        buf.resize(width, self.background.height);
+        buf.data.copy_from_slice(&self.background.data);
+        let luma_len = width * self.background.height;
+        let mut i = 0;
+        while i < luma_len {
+            let mut bits = self.next_noise();
+            for p in &mut buf.data[i..(i + 8).min(luma_len)] {
+                let noise = (bits & 0xff) as u32 * (NOISE + 1) / 256;
+                *p = (*p as u32 + noise).saturating_sub(NOISE / 2).min(255) as u8;
+                bits >>= 8;
+            }
+            i += 8;
+        }
+        if let Some((x, y, w, h)) = object {
+            let (cw, _) = chroma_size(width, self.background.height);
+            let (luma, u, v) = buf.planes_mut();
+            for row in y..y + h {
+                luma[row * width + x..row * width + x + w].fill(24);
+            }
+            for row in y / 2..(y + h) / 2 {
+                u[row * cw + x / 2..row * cw + (x + w) / 2].fill(150);
+                v[row * cw + x / 2..row * cw + (x + w) / 2].fill(100);
+            }
+        }
+        buf.seq = seq;
+        buf.timestamp = unix_now();
+    }
+
     fn next_noise(&mut self) -> u64 {
         // xorshift64: cheap, deterministic, good enough for sensor noise.
         self.rng ^= self.rng << 13;
@@ -74,36 +110,15 @@ impl FrameSource for Synthetic {
     }
 
     fn next_frame(&mut self) -> Result<Option<Frame<'_>>> {
-        let seq = self.seq;
-        self.seq += 1;
-        let object = self.object_box(seq);
-        let width = self.background.width;
-        self.frame.data.copy_from_slice(&self.background.data);
-        let luma_len = width * self.background.height;
-        let mut i = 0;
-        while i < luma_len {
-            let mut bits = self.next_noise();
-            for p in &mut self.frame.data[i..(i + 8).min(luma_len)] {
-                let noise = (bits & 0xff) as u32 * (NOISE + 1) / 256;
-                *p = (*p as u32 + noise).saturating_sub(NOISE / 2).min(255) as u8;
-                bits >>= 8;
-            }
-            i += 8;
-        }
-        if let Some((x, y, w, h)) = object {
-            let (cw, _) = chroma_size(width, self.background.height);
-            let (luma, u, v) = self.frame.planes_mut();
-            for row in y..y + h {
-                luma[row * width + x..row * width + x + w].fill(24);
-            }
-            for row in y / 2..(y + h) / 2 {
-                u[row * cw + x / 2..row * cw + (x + w) / 2].fill(150);
-                v[row * cw + x / 2..row * cw + (x + w) / 2].fill(100);
-            }
-        }
-        self.frame.seq = seq;
-        self.frame.timestamp = unix_now();
+        let mut frame = std::mem::take(&mut self.frame);
+        self.make(&mut frame);
+        self.frame = frame;
         Ok(Some(self.frame.as_frame()))
+    }
+
+    fn next_frame_into(&mut self, buf: &mut FrameBuf) -> Option<Result<bool>> {
+        self.make(buf);
+        Some(Ok(true))
     }
 }
 

@@ -13,6 +13,10 @@ use crate::frame::{unix_now, Frame, FrameBuf};
 pub struct Y4mReader {
     path: PathBuf,
     reader: BufReader<File>,
+    width: usize,
+    height: usize,
+    /// Where `next_frame` reads to, allocated on its first call: a pipeline
+    /// that reads into its own buffers never needs it.
     frame: FrameBuf,
     line: Vec<u8>,
     seq: u64,
@@ -47,30 +51,43 @@ impl Y4mReader {
         if width < 2 || height < 2 {
             bail!("{} has no valid W and H in its header", path.display());
         }
-        Ok(Y4mReader { path: path.to_path_buf(), reader, frame: FrameBuf::new(width, height), line: Vec::new(), seq: 0 })
+        Ok(Y4mReader { path: path.to_path_buf(), reader, width, height, frame: FrameBuf::default(), line: Vec::new(), seq: 0 })
+    }
+
+    /// Reads the next frame into `buf`; false at the end of the file.
+    fn read(&mut self, buf: &mut FrameBuf) -> Result<bool> {
+        self.line.clear();
+        if self.reader.read_until(b'\n', &mut self.line)? == 0 {
+            return Ok(false);
+        }
+        if !self.line.starts_with(b"FRAME") {
+            bail!("{}: frame {} does not start with FRAME: the file is damaged", self.path.display(), self.seq);
+        }
+        buf.resize(self.width, self.height);
+        self.reader.read_exact(&mut buf.data).with_context(|| {
+            format!("{}: frame {} is truncated: the file ends mid-frame", self.path.display(), self.seq)
+        })?;
+        buf.seq = self.seq;
+        buf.timestamp = unix_now();
+        self.seq += 1;
+        Ok(true)
     }
 }
 
 impl FrameSource for Y4mReader {
     fn size(&self) -> (usize, usize) {
-        (self.frame.width, self.frame.height)
+        (self.width, self.height)
     }
 
     fn next_frame(&mut self) -> Result<Option<Frame<'_>>> {
-        self.line.clear();
-        if self.reader.read_until(b'\n', &mut self.line)? == 0 {
-            return Ok(None);
-        }
-        if !self.line.starts_with(b"FRAME") {
-            bail!("{}: frame {} does not start with FRAME: the file is damaged", self.path.display(), self.seq);
-        }
-        self.reader.read_exact(&mut self.frame.data).with_context(|| {
-            format!("{}: frame {} is truncated: the file ends mid-frame", self.path.display(), self.seq)
-        })?;
-        self.frame.seq = self.seq;
-        self.frame.timestamp = unix_now();
-        self.seq += 1;
-        Ok(Some(self.frame.as_frame()))
+        let mut frame = std::mem::take(&mut self.frame);
+        let read = self.read(&mut frame);
+        self.frame = frame;
+        Ok(read?.then(|| self.frame.as_frame()))
+    }
+
+    fn next_frame_into(&mut self, buf: &mut FrameBuf) -> Option<Result<bool>> {
+        Some(self.read(buf))
     }
 }
 
@@ -102,6 +119,21 @@ mod tests {
         let second = reader.next_frame().unwrap().unwrap();
         assert_eq!((second.seq, second.v.data[0]), (1, 2));
         assert!(reader.next_frame().unwrap().is_none());
+    }
+
+    #[test]
+    fn frames_read_into_a_callers_buffer_continue_the_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let frames = vec![vec![1u8; 6], vec![2u8; 6], vec![3u8; 6]];
+        let path = write_y4m(dir.path(), "YUV4MPEG2 W2 H2", &frames, b"");
+        let mut reader = Y4mReader::open(&path).unwrap();
+        let mut buf = FrameBuf::default();
+        assert!(reader.next_frame_into(&mut buf).unwrap().unwrap());
+        assert_eq!((buf.width, buf.height, buf.seq, &buf.data[..]), (2, 2, 0, &[1u8; 6][..]));
+        assert_eq!(reader.next_frame().unwrap().unwrap().seq, 1);
+        assert!(reader.next_frame_into(&mut buf).unwrap().unwrap());
+        assert_eq!((buf.seq, buf.data[0]), (2, 3));
+        assert!(!reader.next_frame_into(&mut buf).unwrap().unwrap());
     }
 
     #[test]

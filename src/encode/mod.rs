@@ -42,6 +42,18 @@ impl Encoder {
     }
 }
 
+/// The most bytes a payload of `format` can take for a `width` x `height`
+/// frame. Payload buffers reserve this once, so that a recycled one never
+/// grows, whatever the next frame compresses to; only the part written ever
+/// becomes resident.
+pub fn payload_room(format: Format, width: usize, height: usize) -> usize {
+    let bgr = width * height * 3;
+    match format {
+        Format::Jpg => turbojpeg::compressed_buf_len(width, height, Subsamp::Sub2x2).unwrap_or(bgr),
+        Format::Raw => bgr,
+    }
+}
+
 /// A reusable JPEG encoder.
 pub struct JpegEncoder {
     compressor: Compressor,
@@ -101,10 +113,6 @@ impl JpegEncoder {
             .compress_yuv_planes_to_slice(&image, &mut self.scratch)
             .with_context(|| format!("cannot encode frame {} ({w}x{h})", frame.seq))?;
         out.clear();
-        // Room for the worst case, once: a recycled payload buffer then never
-        // grows, whatever the next frame compresses to. Only the part written
-        // ever becomes resident.
-        out.reserve(self.scratch.len());
         out.extend_from_slice(&self.scratch[..len]);
         Ok(())
     }

@@ -1,36 +1,35 @@
 //! Frame-parallel encoding that still sends in capture order.
 //!
-//! A sent frame costs mostly its JPEG: at 1080p one encode takes tens of
-//! times as long as motion detection, so one core caps the frame rate. With
-//! `[encode] workers` above 1, each frame to send is copied into a recycled
-//! [`FrameBuf`] and handed to the next free worker thread, each with its own
-//! [`Encoder`]. Workers finish out of order, so every message that passes
-//! through here gets a ticket (images and the event and notice messages
-//! queued between them alike), and [`EncodePool::next_ready`] gives them back
-//! strictly by ticket: the hub sees the same sequence as with one encoder.
+//! A sent frame costs mostly its JPEG: at 1080p one encode takes ten times
+//! as long as motion detection, so one core caps the frame rate. With
+//! `[encode] workers` above 1, each frame to send goes, in a buffer of its
+//! own (an owned frame's, or a spare a lent one is copied into), to the next
+//! free worker thread, each with its own [`Encoder`]. Workers
+//! finish out of order, so every message that passes through here gets a
+//! ticket (images and the event and notice messages queued between them
+//! alike), and [`EncodePool::next_ready`] gives them back strictly by ticket:
+//! the hub sees the same sequence as with one encoder.
 //!
-//! The copy is what lets the capture buffer go back to the camera at once; it
-//! costs a few percent of an encode. With `workers = 1` frames are encoded
-//! inline on the caller's thread: no copy, no hand-over, no extra memory.
+//! Copying a camera's frame is what lets its buffer go back to the driver at
+//! once; it costs a few percent of an encode. With `workers = 1` frames are
+//! encoded inline on the caller's thread: no hand-over, no extra memory.
 //!
-//! Frame buffers are fixed in number (one per worker plus one waiting, so a
-//! worker that finishes starts its next frame at once). When every one is in
-//! use, [`EncodePool::encode`] waits for a worker to finish: a camera then
-//! drops frames at the source, as it would with a slow inline encoder, and
-//! memory stays bounded. Nothing here allocates per frame once every buffer
-//! has been used at the largest frame size.
+//! At most one frame per worker is in the pool (3 MB each at 1080p); when
+//! all are busy, [`EncodePool::encode`] waits for one to finish: a camera
+//! then drops frames at the source, as it would with a slow inline encoder,
+//! and memory stays bounded. Buffers come from the pipeline's [`Spares`] and
+//! go back there once encoded, so nothing here allocates per frame.
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
 use anyhow::{anyhow, Context, Result};
 
 use super::Encoder;
 use crate::config::Format;
-use crate::frame::{Frame, FrameBuf};
+use crate::frame::{Captured, FrameBuf, Spares};
 use crate::transport::Message;
 
 /// The most workers `workers = 0` starts: no Pi has more cores, and each
@@ -76,12 +75,11 @@ enum Slot {
 
 struct Workers {
     /// Closed on drop, which tells the workers to exit.
-    jobs: Option<SyncSender<Job>>,
-    done: Receiver<Done>,
-    /// Frame buffers not with a worker.
-    free: Vec<FrameBuf>,
-    /// Frame buffers in all.
-    buffers: usize,
+    jobs: Arc<Queue<Job>>,
+    /// Closed when the last worker has exited.
+    done: Arc<Queue<Done>>,
+    /// Frames handed over and not yet back.
+    in_flight: usize,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -119,31 +117,27 @@ impl EncodePool {
 
     /// Encodes `frame` into the payload of `message` (whose header is
     /// written), queued behind every message before it. With workers this
-    /// returns once the frame is copied, waiting first if all are busy.
-    pub fn encode(&mut self, frame: &Frame, mut message: Message) -> Result<()> {
+    /// returns once the frame is handed over, waiting first if all are busy;
+    /// an owned frame leaves with its buffer.
+    pub fn encode(&mut self, frame: &mut Captured, mut message: Message, spares: &mut Spares) -> Result<()> {
         self.check()?;
         match &mut self.mode {
             Mode::Inline(encoder) => {
-                encoder.encode(frame, &mut message.payload)?;
+                encoder.encode(&frame.frame(), &mut message.payload)?;
                 self.queue.push_back(Slot::Ready(message));
             }
             Mode::Workers(workers) => {
-                let mut buf = loop {
-                    if let Some(buf) = workers.free.pop() {
-                        break buf;
-                    }
+                // A lent frame is copied into a spare: past the limit of
+                // buffers, the next one back.
+                let lent = matches!(frame, Captured::Lent(_));
+                while workers.in_flight == workers.threads.len() || (lent && spares.must_wait() && workers.in_flight > 0) {
                     let done = workers.wait()?;
-                    settle(&mut self.queue, self.front, workers, &mut self.failure, done);
-                };
-                buf.copy_from(frame);
+                    settle(&mut self.queue, self.front, workers, spares, &mut self.failure, done);
+                }
                 let ticket = self.front + self.queue.len() as u64;
                 self.queue.push_back(Slot::Encoding);
-                let job = Job { ticket, frame: buf, message };
-                let jobs = workers.jobs.as_ref().expect("the job queue closes only on drop");
-                // The queue holds as many jobs as there are buffers, so this never waits.
-                if jobs.send(job).is_err() {
-                    return Err(anyhow!("the encoder workers have stopped"));
-                }
+                workers.in_flight += 1;
+                workers.jobs.push(Job { ticket, frame: frame.keep(spares), message });
             }
         }
         Ok(())
@@ -155,10 +149,10 @@ impl EncodePool {
     }
 
     /// The next message in send order, if it is ready; never waits.
-    pub fn next_ready(&mut self) -> Option<Message> {
+    pub fn next_ready(&mut self, spares: &mut Spares) -> Option<Message> {
         if let Mode::Workers(workers) = &mut self.mode {
-            while let Ok(done) = workers.done.try_recv() {
-                settle(&mut self.queue, self.front, workers, &mut self.failure, done);
+            while let Some(done) = workers.done.try_pop() {
+                settle(&mut self.queue, self.front, workers, spares, &mut self.failure, done);
             }
         }
         loop {
@@ -175,14 +169,26 @@ impl EncodePool {
 
     /// Waits until every frame handed over is encoded; their messages are
     /// then ready. Reports a worker's failure.
-    pub fn flush(&mut self) -> Result<()> {
+    pub fn flush(&mut self, spares: &mut Spares) -> Result<()> {
         if let Mode::Workers(workers) = &mut self.mode {
-            while workers.free.len() < workers.buffers {
+            while workers.in_flight > 0 {
                 let done = workers.wait()?;
-                settle(&mut self.queue, self.front, workers, &mut self.failure, done);
+                settle(&mut self.queue, self.front, workers, spares, &mut self.failure, done);
             }
         }
         self.check()
+    }
+
+    /// Waits for one frame being encoded, if any, whose buffer then is a
+    /// spare. False when none was.
+    pub fn wait_one(&mut self, spares: &mut Spares) -> Result<bool> {
+        let Mode::Workers(workers) = &mut self.mode else { return Ok(false) };
+        if workers.in_flight == 0 {
+            return Ok(false);
+        }
+        let done = workers.wait()?;
+        settle(&mut self.queue, self.front, workers, spares, &mut self.failure, done);
+        Ok(true)
     }
 
     fn check(&mut self) -> Result<()> {
@@ -190,10 +196,11 @@ impl EncodePool {
     }
 }
 
-/// Files a finished job: its buffer back to the free list, its message into
-/// its slot.
-fn settle(queue: &mut VecDeque<Slot>, front: u64, workers: &mut Workers, failure: &mut Option<anyhow::Error>, done: Done) {
-    workers.free.push(done.frame);
+/// Files a finished job: its buffer back to the spares, its message into its
+/// slot.
+fn settle(queue: &mut VecDeque<Slot>, front: u64, workers: &mut Workers, spares: &mut Spares, failure: &mut Option<anyhow::Error>, done: Done) {
+    workers.in_flight -= 1;
+    spares.give(done.frame);
     let slot = &mut queue[(done.ticket - front) as usize];
     match done.result {
         Ok(()) => *slot = Slot::Ready(done.message),
@@ -206,36 +213,32 @@ fn settle(queue: &mut VecDeque<Slot>, front: u64, workers: &mut Workers, failure
 
 impl Workers {
     fn start(count: usize, format: Format, quality: u8) -> Result<Workers> {
-        // One buffer per worker and one waiting, so a worker never idles
-        // while the next frame is copied.
-        let buffers = count + 1;
-        let (jobs, job_rx) = sync_channel::<Job>(buffers);
-        let (done_tx, done) = sync_channel::<Done>(buffers);
-        let job_rx = Arc::new(Mutex::new(job_rx));
+        // A job per worker at most: the next frame waits in the caller's
+        // buffer (read into it, or lent by the source) until one is free.
+        let jobs = Arc::new(Queue::new(count, 1));
+        let done = Arc::new(Queue::new(count, count));
         let mut threads = Vec::with_capacity(count);
         for index in 0..count {
             let encoder = Encoder::new(format, quality)?;
-            let (job_rx, done_tx) = (job_rx.clone(), done_tx.clone());
+            let (jobs, done) = (jobs.clone(), done.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("encode-{index}"))
-                .spawn(move || work(encoder, &job_rx, &done_tx))
+                .spawn(move || work(encoder, &jobs, &done))
                 .context("cannot start an encoder worker thread")?;
             threads.push(thread);
         }
-        let free = (0..buffers).map(|_| FrameBuf::default()).collect();
-        Ok(Workers { jobs: Some(jobs), done, free, buffers, threads })
+        Ok(Workers { jobs, done, in_flight: 0, threads })
     }
 
     /// The next finished job, waiting for one.
     fn wait(&self) -> Result<Done> {
-        // Every worker holds a sender: this fails only when all have exited.
-        self.done.recv().map_err(|_| anyhow!("the encoder workers have stopped"))
+        self.done.pop().ok_or_else(|| anyhow!("the encoder workers have stopped"))
     }
 }
 
 impl Drop for Workers {
     fn drop(&mut self) {
-        self.jobs = None;
+        self.jobs.close();
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
@@ -243,18 +246,76 @@ impl Drop for Workers {
 }
 
 /// A worker: encode jobs until the queue closes.
-fn work(mut encoder: Encoder, jobs: &Mutex<Receiver<Job>>, done: &SyncSender<Done>) {
-    loop {
-        // Idle workers queue on the lock; the one holding it takes the next job.
-        let job = jobs.lock().unwrap_or_else(PoisonError::into_inner).recv();
-        let Ok(Job { ticket, frame, mut message }) = job else { return };
-        // A panic is turned into an error so that the caller, waiting for
-        // this job, hears of it instead of waiting forever.
+fn work(mut encoder: Encoder, jobs: &Queue<Job>, done: &Queue<Done>) {
+    // However this thread ends, the pool must hear of it, not wait forever.
+    struct Leaving<'a>(&'a Queue<Done>);
+    impl Drop for Leaving<'_> {
+        fn drop(&mut self) {
+            self.0.close();
+        }
+    }
+    let _leaving = Leaving(done);
+    while let Some(Job { ticket, frame, mut message }) = jobs.pop() {
+        // A panic becomes an error, reported by the pool's next call.
         let result = catch_unwind(AssertUnwindSafe(|| encoder.encode(&frame.as_frame(), &mut message.payload)))
             .unwrap_or_else(|_| Err(anyhow!("an encoder worker panicked on frame {}", frame.seq)));
-        if done.send(Done { ticket, frame, message, result }).is_err() {
-            return;
+        done.push(Done { ticket, frame, message, result });
+    }
+}
+
+/// A bounded hand-over between threads: a ring allocated once, a mutex and
+/// a condition variable. (A std channel allocates the first time a thread
+/// blocks on it, at a moment nobody can predict.) Capacity is the number of
+/// workers, the most jobs there can be, so a push never has to wait.
+struct Queue<T> {
+    state: Mutex<QueueState<T>>,
+    changed: Condvar,
+}
+
+struct QueueState<T> {
+    items: VecDeque<T>,
+    /// Closes count it down; at zero, `pop` stops waiting.
+    open: usize,
+}
+
+impl<T> Queue<T> {
+    /// A queue for `capacity` items that closes after `closers` calls to `close`.
+    fn new(capacity: usize, closers: usize) -> Self {
+        Queue { state: Mutex::new(QueueState { items: VecDeque::with_capacity(capacity), open: closers }), changed: Condvar::new() }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, QueueState<T>> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn push(&self, item: T) {
+        self.lock().items.push_back(item);
+        self.changed.notify_one();
+    }
+
+    /// The oldest item, waiting for one; `None` once closed and empty.
+    fn pop(&self) -> Option<T> {
+        let mut state = self.lock();
+        loop {
+            if let Some(item) = state.items.pop_front() {
+                return Some(item);
+            }
+            if state.open == 0 {
+                return None;
+            }
+            state = self.changed.wait(state).unwrap_or_else(PoisonError::into_inner);
         }
+    }
+
+    fn try_pop(&self) -> Option<T> {
+        self.lock().items.pop_front()
+    }
+
+    fn close(&self) {
+        let mut state = self.lock();
+        state.open = state.open.saturating_sub(1);
+        drop(state);
+        self.changed.notify_all();
     }
 }
 
@@ -280,26 +341,27 @@ mod tests {
     fn run(workers: usize) -> Vec<(MessageKind, u64, Vec<u8>)> {
         let mut pool = EncodePool::new(workers, Format::Jpg, 90).unwrap();
         assert_eq!(pool.workers(), workers);
+        let mut spares = Spares::new(4);
         let mut big = Synthetic::new(640, 480, 1);
         let mut small = Synthetic::new(64, 48, 2);
         let mut out = Vec::new();
-        let mut collect = |pool: &mut EncodePool| {
-            while let Some(m) = pool.next_ready() {
+        let mut collect = |pool: &mut EncodePool, spares: &mut Spares| {
+            while let Some(m) = pool.next_ready(spares) {
                 out.push((m.kind, seq_of(&m), m.payload));
             }
         };
         for seq in 0..30 {
             let source: &mut Synthetic = if seq % 2 == 0 { &mut big } else { &mut small };
             let frame = source.next_frame().unwrap().unwrap();
-            pool.encode(&frame, message(MessageKind::Image, seq)).unwrap();
+            pool.encode(&mut Captured::Lent(frame), message(MessageKind::Image, seq), &mut spares).unwrap();
             if seq % 3 == 2 {
                 pool.pass(message(MessageKind::Event, seq));
             }
-            collect(&mut pool);
+            collect(&mut pool, &mut spares);
         }
-        pool.flush().unwrap();
-        collect(&mut pool);
-        assert!(pool.next_ready().is_none());
+        pool.flush(&mut spares).unwrap();
+        collect(&mut pool, &mut spares);
+        assert!(pool.next_ready(&mut spares).is_none());
         out
     }
 
@@ -324,17 +386,23 @@ mod tests {
 
     #[test]
     fn a_message_waits_for_the_image_before_it() {
-        let mut pool = EncodePool::new(2, Format::Jpg, 90).unwrap();
+        let (mut pool, mut spares) = (EncodePool::new(2, Format::Jpg, 90).unwrap(), Spares::new(4));
         let mut scene = Synthetic::new(320, 240, 1);
-        pool.encode(&scene.next_frame().unwrap().unwrap(), message(MessageKind::Image, 0)).unwrap();
+        let mut owned = FrameBuf::default();
+        scene.next_frame_into(&mut owned).unwrap().unwrap();
+        let pixels = owned.data.as_ptr();
+        pool.encode(&mut Captured::Owned(&mut owned), message(MessageKind::Image, 0), &mut spares).unwrap();
+        assert_eq!(owned.data.capacity(), 0, "the worker has the frame's buffer");
         pool.pass(message(MessageKind::Event, 1));
         // However fast the worker is, the event never overtakes the image.
-        let first = pool.next_ready().map(|m| m.kind);
+        let first = pool.next_ready(&mut spares).map(|m| m.kind);
         assert!(matches!(first, None | Some(MessageKind::Image)), "{first:?}");
-        pool.flush().unwrap();
-        let rest: Vec<_> = std::iter::from_fn(|| pool.next_ready()).map(|m| m.kind).collect();
+        pool.flush(&mut spares).unwrap();
+        let rest: Vec<_> = std::iter::from_fn(|| pool.next_ready(&mut spares)).map(|m| m.kind).collect();
         let all: Vec<_> = first.into_iter().chain(rest).collect();
         assert_eq!(all, vec![MessageKind::Image, MessageKind::Event]);
+        // Encoded, the buffer is a spare again.
+        assert_eq!(spares.take().data.as_ptr(), pixels);
     }
 
     #[test]

@@ -53,6 +53,8 @@ pub(super) struct Blob {
     pub opposite: u32,
     /// Consecutive frames in which a candidate was seen here.
     pub age: u32,
+    /// Where this candidate was first seen: the centre of its box, in half cells.
+    pub origin: (u16, u16),
     pub verdict: Verdict,
 }
 
@@ -65,6 +67,17 @@ impl Blob {
         } else {
             self.alike as f32 / pairs as f32
         }
+    }
+
+    /// The centre of the box, in half cells.
+    fn centre(&self) -> (u16, u16) {
+        (self.x0 + self.x1, self.y0 + self.y1)
+    }
+
+    /// How far the centre moved since the candidate was first seen, in cells.
+    pub fn travelled(&self) -> u16 {
+        let (x, y) = self.centre();
+        x.abs_diff(self.origin.0).max(y.abs_diff(self.origin.1)) / 2
     }
 
     /// True if the boxes, `margin` cells apart at most, touch.
@@ -206,7 +219,10 @@ impl Blobs {
             if blob.verdict == Verdict::Rejected {
                 continue;
             }
-            blob.age = 1 + self.previous.iter().filter(|p| p.near(blob, REACH)).map(|p| p.age).max().unwrap_or(0);
+            // The oldest candidate nearby last frame is this object's past.
+            let past = self.previous.iter().filter(|p| p.near(blob, REACH)).max_by_key(|p| p.age);
+            blob.age = 1 + past.map_or(0, |p| p.age);
+            blob.origin = past.map_or(blob.centre(), |p| p.origin);
             if blob.age >= min_frames && blob.area >= min_area && is_solid(blob) {
                 blob.verdict = Verdict::Accepted;
             }

@@ -90,8 +90,12 @@ const MIN_MOVING_CELLS: u32 = 2;
 /// way in the last frame too: an object overlaps itself from frame to frame,
 /// the speckle of leaves and rain mostly does not.
 const STEADY_SHARE: u32 = 4;
-/// Blobs smaller than this many times the minimum area count as small.
-const SMALL_BLOB_FACTOR: u32 = 4;
+/// Blobs smaller than this many times the minimum area count as small, and
+/// must be seen moving for this many times `min_blob_frames`.
+const SMALL_BLOB_FACTOR: u32 = 8;
+const SMALL_BLOB_PERSISTENCE: u32 = 3;
+/// Cells a small object must have travelled since it was first seen.
+const SMALL_BLOB_TRAVEL: u16 = 2;
 /// A cell where changes started more often than this per frame, lately, is
 /// flickering (leaves, water, rain streaks): an object crossing a cell
 /// changes it once, foliage turns it on and off again and again. Such a
@@ -179,8 +183,10 @@ pub struct MotionDetector {
     watched_cells: usize,
     min_blob_cells: u32,
     background: Vec<f32>,
-    /// The previous frame and the one before, relit like the background.
-    recent: [Vec<f32>; 2],
+    /// The residuals of the previous frame and the one before. This frame's
+    /// residual minus one of them is what changed since, with the light
+    /// already taken out (each was measured against a relit background).
+    past_residuals: [Vec<f32>; 2],
     /// Per cell, the variance of its residual when nothing moves there.
     flicker: Vec<f32>,
     /// Sensor noise of one cell (a standard deviation), followed over frames;
@@ -229,7 +235,7 @@ impl MotionDetector {
             watched_cells,
             min_blob_cells,
             background: vec![0.0; cells],
-            recent: [vec![0.0; cells], vec![0.0; cells]],
+            past_residuals: [vec![0.0; cells], vec![0.0; cells]],
             flicker: vec![0.0; cells],
             noise: -1.0,
             light: Relight::new(gw, gh),
@@ -253,20 +259,24 @@ impl MotionDetector {
         self.grid.sample(frame);
         if !self.primed {
             self.primed = true;
-            self.relearn();
+            self.relearn(false);
             return self.finish(false);
         }
         let light_jump = self.compensate_light();
         self.measure_noise();
         if self.mark_changed_cells() || light_jump {
-            self.relearn();
+            self.relearn(true);
             return self.finish(true);
         }
         let (min_frames, min_cells) = (self.config.min_blob_frames, self.min_blob_cells);
         self.blobs.label(&self.cell_flags);
         self.blobs.classify(|b| b.seeds > 0 && b.moving >= MIN_MOVING_CELLS.min(b.area) && b.coherence() >= MIN_COHERENCE);
-        // A small object must overlap itself from the last frame: speckle rarely does.
-        let solid = |b: &blobs::Blob| b.area >= SMALL_BLOB_FACTOR * min_cells || b.steady * STEADY_SHARE >= b.area;
+        // A small object must overlap itself from the last frame, keep moving
+        // for longer and get somewhere: speckle, rain and a waving twig don't.
+        let solid = |b: &blobs::Blob| {
+            b.area >= SMALL_BLOB_FACTOR * min_cells
+                || (b.steady * STEADY_SHARE >= b.area && b.age >= SMALL_BLOB_PERSISTENCE * min_frames && b.travelled() >= SMALL_BLOB_TRAVEL)
+        };
         self.blobs.accept(solid, min_frames, min_cells);
         self.learn();
         self.finish(false)
@@ -282,17 +292,14 @@ impl MotionDetector {
         (self.grid.width, self.grid.height, self.grid.cell)
     }
 
-    /// Relights the background and recent frames; true on a light jump.
+    /// Relights the background; true on a light jump.
     fn compensate_light(&mut self) -> bool {
         // Last frame's moving objects are left out of the light statistics.
         let (watched, blobs) = (&self.watched, &self.blobs);
         let steady = |i: usize| watched[i] && !matches!(blobs.verdict_at(i), Some(Verdict::Candidate | Verdict::Accepted));
         self.light.estimate(&self.grid.cells, &self.background, steady);
-        let step = self.light.apply(&mut self.background, &self.watched);
-        for recent in &mut self.recent {
-            self.light.apply(recent, &self.watched);
-        }
-        step > LIGHT_JUMP
+        self.light.apply(&mut self.background);
+        self.light.step() > LIGHT_JUMP
     }
 
     fn measure_noise(&mut self) {
@@ -313,14 +320,14 @@ impl MotionDetector {
     /// only be light the compensation could not follow.
     fn mark_changed_cells(&mut self) -> bool {
         let base = (self.config.pixel_threshold as f32).max(self.config.noise_factor * self.noise);
-        let luma = &self.grid.cells;
+        // Thresholds first, in a loop of its own that vectorises.
+        for ((t, &flicker), &toggles) in self.threshold.iter_mut().zip(&self.flicker).zip(&self.toggles) {
+            let toggling = if toggles > TOGGLING { 2.0 } else { 1.0 };
+            *t = base.max(FLICKER_FACTOR * flicker.sqrt()) * toggling;
+        }
         let mut changed = 0;
-        for i in 0..luma.len() {
-            let mut t = base.max(FLICKER_FACTOR * self.flicker[i].sqrt());
-            if self.toggles[i] > TOGGLING {
-                t *= 2.0;
-            }
-            self.threshold[i] = t;
+        for i in 0..self.residual.len() {
+            let t = self.threshold[i];
             let r = self.residual[i];
             let mut f = 0;
             if self.watched[i] && r.abs() > t {
@@ -332,7 +339,7 @@ impl MotionDetector {
                 if r.abs() > SEED_FACTOR * t {
                     f |= flags::SEED;
                 }
-                if (luma[i] - self.recent[0][i]).abs() > t || (luma[i] - self.recent[1][i]).abs() > t {
+                if (r - self.past_residuals[0][i]).abs() > t || (r - self.past_residuals[1][i]).abs() > t {
                     f |= flags::MOVING;
                 }
                 let last = self.last_flags[i];
@@ -345,7 +352,7 @@ impl MotionDetector {
         changed as f32 > self.config.light_reset_percent / 100.0 * self.watched_cells as f32
     }
 
-    /// Background, flicker and recent frames learn from this frame.
+    /// Background, flicker and past residuals learn from this frame.
     fn learn(&mut self) {
         let alpha = self.config.background_alpha;
         let noise_var = self.noise * self.noise;
@@ -354,7 +361,14 @@ impl MotionDetector {
             let verdict = self.blobs.verdict_at(i);
             let on_object = matches!(verdict, Some(Verdict::Candidate | Verdict::Accepted));
             let rate = if on_object { alpha * OBJECT_ALPHA_SHARE } else { alpha };
-            self.background[i] += rate * (luma[i] - self.background[i]);
+            let r = self.residual[i];
+            let learnt = rate * r;
+            self.background[i] += learnt;
+            // Past residuals stay relative to the background as it is now,
+            // so that its slow learning never looks like motion.
+            let [newest, older] = &mut self.past_residuals;
+            older[i] = newest[i] - learnt;
+            newest[i] = r - learnt;
             let flipped = (self.cell_flags[i] & self.last_flags[i] & flags::CHANGED != 0)
                 && ((self.cell_flags[i] ^ self.last_flags[i]) & flags::BRIGHTER != 0);
             let rate = match verdict {
@@ -365,24 +379,28 @@ impl MotionDetector {
             let started = self.cell_flags[i] & !self.last_flags[i] & flags::CHANGED != 0;
             self.toggles[i] += TOGGLE_RATE * (started as u32 as f32 - self.toggles[i]);
             let spread = self.flicker[i].max(noise_var);
-            let r2 = (self.residual[i] * self.residual[i]).min(FLICKER_CLIP * FLICKER_CLIP * spread);
+            let r2 = (r * r).min(FLICKER_CLIP * FLICKER_CLIP * spread);
             self.flicker[i] += rate * (r2 - self.flicker[i]);
         }
         std::mem::swap(&mut self.cell_flags, &mut self.last_flags);
-        let [newest, older] = &mut self.recent;
-        std::mem::swap(newest, older);
-        newest.copy_from_slice(luma);
     }
 
-    /// Takes the current frame as the background (first frame, light jump).
-    fn relearn(&mut self) {
+    /// Takes the current frame as the background: all of it on the first
+    /// frame, and after a light jump all but the cells under last frame's
+    /// moving objects, which keep their relit background so that the objects
+    /// stay visible instead of being learnt into it.
+    fn relearn(&mut self, keep_objects: bool) {
         let luma = &self.grid.cells;
-        self.background.copy_from_slice(luma);
-        for recent in &mut self.recent {
-            recent.copy_from_slice(luma);
+        for i in 0..luma.len() {
+            if keep_objects && matches!(self.blobs.verdict_at(i), Some(Verdict::Candidate | Verdict::Accepted)) {
+                continue;
+            }
+            self.background[i] = luma[i];
+            self.past_residuals[0][i] = 0.0;
+            self.past_residuals[1][i] = 0.0;
+            self.last_flags[i] = 0;
         }
         self.cell_flags.fill(0);
-        self.last_flags.fill(0);
         self.residual.fill(0.0);
         self.blobs.forget();
     }
@@ -405,7 +423,6 @@ impl MotionDetector {
             }
         }
         let blobs = &self.blobs.list;
-        if std::env::var_os("TMPDBG").is_some() { for &i in &self.accepted { let b=&blobs[i as usize]; eprintln!("TMPDBG area {} seeds {} moving {} steady {} coh {:.2} age {} box {},{}-{},{} noise {:.2}", b.area, b.seeds, b.moving, b.steady, b.coherence(), b.age, b.x0,b.y0,b.x1,b.y1, self.noise); } }
         self.accepted.sort_unstable_by_key(|&i| std::cmp::Reverse(blobs[i as usize].area));
         for &i in self.accepted.iter().take(MAX_BOXES) {
             let b = &blobs[i as usize];
@@ -417,5 +434,152 @@ impl MotionDetector {
         report.event = self.hysteresis.update(report.active);
         report.state = self.hysteresis.state();
         report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::FrameBuf;
+
+    const W: usize = 320;
+    const H: usize = 240;
+
+    /// A textured scene with sensor noise; `object` is an optional dark
+    /// rectangle `(x, y, w, h)` and `gain` the light.
+    struct Scene {
+        buf: FrameBuf,
+        rng: u64,
+    }
+
+    impl Scene {
+        fn new() -> Self {
+            Scene { buf: FrameBuf::new(W, H), rng: 0x2545_F491_4F6C_DD1D }
+        }
+
+        fn frame(&mut self, object: Option<(usize, usize, usize, usize)>, gain: f32) -> Frame<'_> {
+            let (y_plane, _, _) = self.buf.planes_mut();
+            for (i, p) in y_plane.iter_mut().enumerate() {
+                let (x, y) = (i % W, i / W);
+                let mut v = 60.0 + 100.0 * y as f32 / H as f32 + if (x / 16 + y / 8) % 2 == 0 { 15.0 } else { 0.0 };
+                if let Some((ox, oy, ow, oh)) = object {
+                    if (ox..ox + ow).contains(&x) && (oy..oy + oh).contains(&y) {
+                        v = 30.0;
+                    }
+                }
+                self.rng ^= self.rng << 13;
+                self.rng ^= self.rng >> 7;
+                self.rng ^= self.rng << 17;
+                let noise = (self.rng % 7) as f32 - 3.0;
+                *p = (v * gain + noise).clamp(0.0, 255.0) as u8;
+            }
+            self.buf.as_frame()
+        }
+    }
+
+    fn detector() -> MotionDetector {
+        MotionDetector::new(&MotionConfig::default(), W, H).unwrap()
+    }
+
+    #[test]
+    fn a_noisy_still_scene_never_moves() {
+        let (mut scene, mut detector) = (Scene::new(), detector());
+        for _ in 0..150 {
+            let report = detector.process(&scene.frame(None, 1.0));
+            assert!(!report.active && report.boxes.is_empty(), "score {}", report.score);
+        }
+    }
+
+    #[test]
+    fn a_far_away_person_is_found_and_boxed() {
+        let (mut scene, mut detector) = (Scene::new(), detector());
+        for _ in 0..20 {
+            detector.process(&scene.frame(None, 1.0));
+        }
+        // 6x14 pixels: 0.11 % of the frame, walking 2 pixels a frame.
+        let mut first_seen = None;
+        for step in 0..60 {
+            let x = 40 + 2 * step;
+            let report = detector.process(&scene.frame(Some((x, 120, 6, 14)), 1.0));
+            if report.active {
+                first_seen.get_or_insert(step);
+                let b = report.boxes[0];
+                assert!(b.x <= x as u32 + 6 && b.x + b.width >= x as u32, "box {b:?} misses x = {x}");
+                assert!(b.y <= 134 && b.y + b.height >= 120, "box {b:?}");
+            }
+            if step >= 10 {
+                assert!(report.active, "lost the person at step {step}");
+            }
+        }
+        assert!(first_seen.unwrap() <= 8, "seen first at step {first_seen:?}");
+        assert_eq!(detector.report().state, MotionState::Moving);
+    }
+
+    #[test]
+    fn an_object_that_stops_stops_counting() {
+        let (mut scene, mut detector) = (Scene::new(), detector());
+        for _ in 0..10 {
+            detector.process(&scene.frame(None, 1.0));
+        }
+        for step in 0..30 {
+            detector.process(&scene.frame(Some((40 + 3 * step, 100, 20, 50)), 1.0));
+        }
+        assert!(detector.report().active);
+        let parked = Some((40 + 3 * 29, 100, 20, 50));
+        let still: Vec<bool> = (0..20).map(|_| detector.process(&scene.frame(parked, 1.0)).active).collect();
+        assert!(still[2..].iter().all(|&a| !a), "still reported after stopping: {still:?}");
+    }
+
+    #[test]
+    fn a_light_switch_is_relearnt_and_motion_after_it_is_seen() {
+        let (mut scene, mut detector) = (Scene::new(), detector());
+        for _ in 0..20 {
+            detector.process(&scene.frame(None, 1.0));
+        }
+        let report = detector.process(&scene.frame(None, 0.5));
+        assert!(report.light_jump && !report.active);
+        for _ in 0..20 {
+            let report = detector.process(&scene.frame(None, 0.5));
+            assert!(!report.active && !report.light_jump);
+        }
+        let moving = (0..10).filter(|step| detector.process(&scene.frame(Some((60 + 4 * step, 80, 24, 60)), 0.5)).active).count();
+        assert!(moving >= 8, "only {moving} of 10 frames moving after the switch");
+    }
+
+    #[test]
+    fn slow_light_changes_are_followed() {
+        let (mut scene, mut detector) = (Scene::new(), detector());
+        // Down to 40 % over 200 frames and back, faster than most dusks.
+        for t in 0..400 {
+            let gain = 1.0 - 0.6 * (std::f32::consts::PI * t as f32 / 399.0).sin();
+            let report = detector.process(&scene.frame(None, gain));
+            assert!(!report.active && !report.light_jump, "frame {t}: score {}", report.score);
+        }
+    }
+
+    #[test]
+    fn motion_outside_the_roi_and_mask_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let mask = dir.path().join("mask.pgm");
+        // Black (ignored) left half, white right half, at a quarter of the frame size.
+        let mut pgm = format!("P5\n{} {}\n255\n", W / 4, H / 4).into_bytes();
+        pgm.extend((0..W / 4 * H / 4).map(|i| if i % (W / 4) < W / 8 { 0u8 } else { 255 }));
+        std::fs::write(&mask, pgm).unwrap();
+        let config = MotionConfig { mask_file: Some(mask), roi: vec![[0.0, 0.0, 1.0, 0.5]], ..Default::default() };
+        let mut detector = MotionDetector::new(&config, W, H).unwrap();
+        let mut scene = Scene::new();
+        let mut ignored = |object: fn(usize) -> (usize, usize, usize, usize)| {
+            (0..40).all(|step| !detector.process(&scene.frame(Some(object(step)), 1.0)).active)
+        };
+        assert!(ignored(|step| (20 + step, 20, 20, 40)), "moved in the masked left half");
+        assert!(ignored(|step| (200 + step, 150, 20, 40)), "moved below the roi");
+        assert!(!ignored(|step| (200 + 2 * step, 20, 20, 40)), "motion inside both was missed");
+    }
+
+    #[test]
+    fn an_unreadable_mask_names_the_setting() {
+        let config = MotionConfig { mask_file: Some("/nonexistent/mask.pgm".into()), ..Default::default() };
+        let err = format!("{:#}", MotionDetector::new(&config, W, H).err().unwrap());
+        assert!(err.contains("[motion] mask_file") && err.contains("/nonexistent/mask.pgm"), "{err}");
     }
 }

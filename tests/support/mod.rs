@@ -1,6 +1,7 @@
 //! Shared helpers for the integration tests: run the real `camnode` binary,
-//! find free ports, wait for processes with a time limit, and get the Python
-//! interpreter that has the real imagezmq installed.
+//! find free ports, wait for processes with a time limit, get the Python
+//! interpreter that has the real imagezmq installed, and put a
+//! fault-injecting proxy between a node and its hub ([`proxy`]).
 #![allow(dead_code)] // each test binary uses its own subset
 
 pub mod proxy;
