@@ -490,4 +490,32 @@ mod tests {
         let again: Config = toml::from_str(&config.to_toml()).unwrap();
         assert_eq!(again, config);
     }
+
+    #[test]
+    fn shipped_config_parses_and_documents_every_key() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/camnode.toml");
+        let (config, origin) = Config::load(&path).unwrap();
+        config.validate(&origin).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let documented = |section: &str, key: &str| {
+            let mut current = "";
+            text.lines().any(|line| {
+                let line = line.trim().trim_start_matches("# ");
+                if let Some(header) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                    current = header;
+                }
+                current == section && line.split('=').next().map(str::trim) == Some(key)
+            })
+        };
+        let everything: toml::Table = toml::from_str(&Config::default().to_toml()).unwrap();
+        let mut missing = Vec::new();
+        for (section, table) in &everything {
+            for key in table.as_table().unwrap().keys() {
+                if !documented(section, key) {
+                    missing.push(format!("[{section}] {key}"));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "deploy/camnode.toml does not document {missing:?}");
+    }
 }
