@@ -19,8 +19,8 @@
 //!   behind a small hardware trait with an rppal backend and a fake one.
 //!
 //! Around them: [`config`] (one struct, a section per stage), [`status`]
-//! (shared health for LEDs and watchdogs), [`stats`] (counters and timings),
-//! and [`cli`] (the thin command-line layer over all of it).
+//! (shared health for LEDs and watchdogs), [`systemd`] (readiness and
+//! watchdog keep-alives), [`stats`] (counters and timings), and [`cli`] (the thin command-line layer over all of it).
 
 pub mod capture;
 pub mod cli;
@@ -34,4 +34,5 @@ pub mod motion;
 pub mod pipeline;
 pub mod stats;
 pub mod status;
+pub mod systemd;
 pub mod transport;

@@ -84,6 +84,9 @@ impl Notifier {
                 let addr = socket_addr(&name)?;
                 let socket = UnixDatagram::unbound()
                     .context("cannot create a unix datagram socket for $NOTIFY_SOCKET")?;
+                // A systemd that reads slowly must never stall capture: a
+                // full socket queue drops the notification instead.
+                socket.set_nonblocking(true)?;
                 Some((socket, addr))
             }
         };
@@ -96,6 +99,11 @@ impl Notifier {
     }
 
     /// True when a service manager listens, i.e. notifications go somewhere.
+    /// A notifier that says nothing, for when the environment is unusable.
+    pub fn disabled() -> Notifier {
+        Notifier { target: None, watchdog: None, last_keepalive: None }
+    }
+
     pub fn is_enabled(&self) -> bool {
         self.target.is_some()
     }

@@ -28,6 +28,7 @@ use crate::gpio::TriggerMode;
 use crate::motion::{BoundingBox, MotionDetector, MotionEvent, MotionState};
 use crate::stats::{lap, RunStats};
 use crate::status::{NodeStatus, Phase};
+use crate::systemd::{Notifier, Notify};
 use crate::transport::wire::OutHeader;
 use crate::transport::{BufferPool, Message, MessageKind, Sender, Shutdown};
 use ring::FrameRing;
@@ -172,6 +173,8 @@ impl Pipeline {
             stats: RunStats::default(),
             config: config.clone(),
         };
+        let threads = pipeline.encoder.workers();
+        info!("encoding on {threads} thread{}", if threads == 1 { " (inline)" } else { "s" });
         pipeline.capture_loop(source.as_mut(), &controls)
     }
 
@@ -188,6 +191,12 @@ impl Pipeline {
         let mut next_due = Instant::now();
         let mut last_heartbeat = Instant::now();
         let mut quit = false;
+        // systemd's watchdog hears from us only while frames flow, so a stuck
+        // camera gets the service restarted rather than left running blind.
+        let mut systemd = Notifier::from_env().unwrap_or_else(|e| {
+            warn!("systemd notification is off: {e:#}");
+            Notifier::disabled()
+        });
         let result = loop {
             if self.config.capture.frames > 0 && self.stats.frames >= self.config.capture.frames {
                 break Ok(());
@@ -231,7 +240,14 @@ impl Pipeline {
             };
             self.current = current;
             match outcome {
-                Ok(true) => {}
+                Ok(true) => {
+                    if self.stats.frames == 1 {
+                        tell_systemd(&systemd, Notify::Ready);
+                    }
+                    if let Err(e) = systemd.keepalive(Instant::now()) {
+                        debug!("watchdog keep-alive failed: {e:#}");
+                    }
+                }
                 Ok(false) => {
                     info!("source ended after {} frames", self.stats.frames);
                     break Ok(());
@@ -245,6 +261,7 @@ impl Pipeline {
                 }
             }
         };
+        tell_systemd(&systemd, Notify::Stopping);
         // Frames still with the encoder workers go out before the sender stops.
         let flushed = self.encoder.flush(&mut self.spares);
         self.release();
@@ -570,4 +587,11 @@ pub fn detect_frames(config: &Config, mut each: impl FnMut(u64, &MotionDetector)
         summary.p99_us = nanos[(nanos.len() - 1) * 99 / 100] as f64 / 1e3;
     }
     Ok(summary)
+}
+
+/// Sends a state to systemd; failing to is worth a line in the log, not an exit.
+fn tell_systemd(systemd: &Notifier, state: Notify) {
+    if let Err(e) = systemd.notify(state) {
+        warn!("{e:#}");
+    }
 }
