@@ -98,7 +98,7 @@ fn render(timeline: &Timeline, t: usize, yard: &[f32], rng: &mut Rng, buf: &mut 
 }
 
 #[test]
-fn labelled_scene_has_high_f1_and_no_false_events() {
+fn motion_on_a_labelled_scene_has_high_f1_and_no_false_events() {
     let timeline = Timeline { frames: 800 };
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     // A yard: gradient, paving, a few bright and dark features.

@@ -56,6 +56,8 @@ pub(super) struct Blob {
     /// Where this candidate was first seen: the centre of its box, in half cells.
     pub origin: (u16, u16),
     pub verdict: Verdict,
+    /// A candidate that passed every test but the minimum area.
+    pub credible: bool,
 }
 
 impl Blob {
@@ -223,7 +225,8 @@ impl Blobs {
             let past = self.previous.iter().filter(|p| p.near(blob, REACH)).max_by_key(|p| p.age);
             blob.age = 1 + past.map_or(0, |p| p.age);
             blob.origin = past.map_or(blob.centre(), |p| p.origin);
-            if blob.age >= min_frames && blob.area >= min_area && is_solid(blob) {
+            blob.credible = blob.age >= min_frames && is_solid(blob);
+            if blob.credible && blob.area >= min_area {
                 blob.verdict = Verdict::Accepted;
             }
         }

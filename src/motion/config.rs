@@ -87,12 +87,22 @@ impl MotionConfig {
             let [x, y, w, h] = *rect;
             let inside = [x, y, w, h].iter().all(|v| (0.0..=1.0).contains(v)) && w > 0.0 && h > 0.0;
             if !inside || x + w > 1.0001 || y + h > 1.0001 {
-                check.fail("motion", "roi", &format!("{rect:?}"), "each rectangle is [x, y, w, h] in fractions of the frame, inside 0..1, e.g. [0.0, 0.5, 1.0, 0.5] for the lower half");
+                check.fail(
+                    "motion",
+                    "roi",
+                    &format!("{rect:?}"),
+                    "each rectangle is [x, y, w, h] in fractions of the frame, inside 0..1, e.g. [0.0, 0.5, 1.0, 0.5] for the lower half",
+                );
             }
         }
         if let Some(path) = &self.mask_file {
             if !path.is_file() {
-                check.fail("motion", "mask_file", &format!("{:?}", path.display().to_string()), "no such file: give the path of a PGM image, white where motion counts and black where it does not");
+                check.fail(
+                    "motion",
+                    "mask_file",
+                    &format!("{:?}", path.display().to_string()),
+                    "no such file: give the path of a PGM image, white where motion counts and black where it does not",
+                );
             }
         }
     }

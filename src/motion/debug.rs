@@ -30,9 +30,8 @@ impl MotionDetector {
         let level = |v: f32| v.round().clamp(0.0, 255.0) as u8;
         let luma: Vec<u8> = self.grid.cells.iter().map(|&v| level(v)).collect();
         let background: Vec<u8> = self.background.iter().map(|&v| level(v)).collect();
-        let difference: Vec<u8> = (0..n)
-            .map(|i| if self.watched[i] { level(128.0 * self.residual[i].abs() / self.threshold[i].max(1e-3)) } else { 0 })
-            .collect();
+        let difference: Vec<u8> =
+            (0..n).map(|i| if self.watched[i] { level(128.0 * self.residual[i].abs() / self.threshold[i].max(1e-3)) } else { 0 }).collect();
         let blobs: Vec<u8> = (0..n)
             .map(|i| match (self.watched[i], self.blobs.verdict_at(i)) {
                 (false, _) => IGNORED,

@@ -43,15 +43,7 @@ impl LumaGrid {
         for (k, offset) in row_offsets.iter_mut().enumerate().take(rows_per_cell) {
             *offset = (2 * k + 1) * cell / (2 * rows_per_cell);
         }
-        LumaGrid {
-            width,
-            height,
-            cell,
-            row_offsets,
-            rows_per_cell,
-            col_sums: vec![0; width * cell],
-            cells: vec![0.0; width * height],
-        }
+        LumaGrid { width, height, cell, row_offsets, rows_per_cell, col_sums: vec![0; width * cell], cells: vec![0.0; width * height] }
     }
 
     /// Averages the sampled pixels of every cell of `frame`.

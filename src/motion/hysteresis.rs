@@ -14,7 +14,12 @@ pub struct Hysteresis {
 
 impl Hysteresis {
     pub fn new(min_motion_frames: u32, min_still_frames: u32) -> Self {
-        Hysteresis { min_motion_frames: min_motion_frames.max(1), min_still_frames: min_still_frames.max(1), state: MotionState::Still, run: 0 }
+        Hysteresis {
+            min_motion_frames: min_motion_frames.max(1),
+            min_still_frames: min_still_frames.max(1),
+            state: MotionState::Still,
+            run: 0,
+        }
     }
 
     pub fn state(&self) -> MotionState {

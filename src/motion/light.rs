@@ -19,7 +19,7 @@
 //!
 //! Medians come from fixed histograms over every other cell of every other
 //! row (a quarter of the grid is thousands of cells, plenty for a median),
-//! so estimating costs half a pass over the grid and no allocation.
+//! so estimating costs a fraction of a pass over the grid and no allocation.
 
 /// Background levels per tone bin: 16 bins of 16 levels.
 const TONE_SHIFT: u32 = 4;
@@ -55,6 +55,10 @@ pub(super) struct Relight {
     cols: Vec<(usize, f32)>,
     rows: Vec<(usize, f32)>,
     block_of: Vec<u8>,
+    /// Every other cell of every other row: the cells the light is measured on.
+    samples: Vec<u32>,
+    /// Those of them in use this frame.
+    used: Vec<u32>,
     step: f32,
 }
 
@@ -85,6 +89,8 @@ impl Relight {
             cols: axis(width, BLOCK_COLS),
             rows: axis(height, BLOCK_ROWS),
             block_of,
+            samples: (0..height).step_by(2).flat_map(|y| (0..width).step_by(2).map(move |x| (y * width + x) as u32)).collect(),
+            used: Vec::with_capacity(width.div_ceil(2) * height.div_ceil(2)),
             step: 0.0,
         }
     }
@@ -92,18 +98,14 @@ impl Relight {
     /// Estimates how the light changed from `background` to `luma`, using the
     /// cells for which `use_cell` is true.
     pub fn estimate(&mut self, luma: &[f32], background: &[f32], use_cell: impl Fn(usize) -> bool) {
-        let width = self.width;
-        let sampled = |i: usize| (i / width) % 2 == 0 && i % 2 == 0 && use_cell(i);
-        self.estimate_tone(luma, background, &sampled);
-        self.estimate_field(luma, background, &sampled);
-        let (mut step, mut cells) = (0.0, 0);
-        for (i, &b) in background.iter().enumerate() {
-            if sampled(i) {
-                step += (self.relit(i, b) - b).abs() / (b.max(0.0) + RATIO_BIAS);
-                cells += 1;
-            }
-        }
-        self.step = step / cells.max(1) as f32;
+        self.used.clear();
+        let used = &mut self.used;
+        used.extend(self.samples.iter().copied().filter(|&i| use_cell(i as usize)));
+        self.estimate_tone(luma, background);
+        self.estimate_field(luma, background);
+        let relative_change = |i: usize| (self.relit(i, background[i]) - background[i]).abs() / (background[i].max(0.0) + RATIO_BIAS);
+        let step: f32 = self.used.iter().map(|&i| relative_change(i as usize)).sum();
+        self.step = step / self.used.len().max(1) as f32;
     }
 
     /// `value` (a background-like level from the previous frame's light) as
@@ -113,6 +115,11 @@ impl Relight {
         let toned = value + self.tone[value.clamp(0.0, 255.0) as usize];
         // The sensor saturates: no light makes a level brighter than white.
         ((toned + RATIO_BIAS) * self.gain[i] - RATIO_BIAS).clamp(0.0, 255.0)
+    }
+
+    /// The cells the light is measured on: every other cell of every other row.
+    pub fn samples(&self) -> &[u32] {
+        &self.samples
     }
 
     /// Relights a whole grid in place.
@@ -128,16 +135,15 @@ impl Relight {
         self.step
     }
 
-    fn estimate_tone(&mut self, luma: &[f32], background: &[f32], use_cell: &impl Fn(usize) -> bool) {
+    fn estimate_tone(&mut self, luma: &[f32], background: &[f32]) {
         self.diff_hist.fill(0);
         self.level_hist.fill(0);
-        for (i, (&l, &b)) in luma.iter().zip(background).enumerate() {
-            if use_cell(i) {
-                let level = b.clamp(0.0, 255.0) as usize;
-                let bucket = (l - b + 256.0).clamp(0.0, (DIFF_BUCKETS - 1) as f32) as usize;
-                self.diff_hist[(level >> TONE_SHIFT) * DIFF_BUCKETS + bucket] += 1;
-                self.level_hist[level] += 1;
-            }
+        for &i in &self.used {
+            let (l, b) = (luma[i as usize], background[i as usize]);
+            let level = b.clamp(0.0, 255.0) as usize;
+            let bucket = (l - b + 256.0).clamp(0.0, (DIFF_BUCKETS - 1) as f32) as usize;
+            self.diff_hist[(level >> TONE_SHIFT) * DIFF_BUCKETS + bucket] += 1;
+            self.level_hist[level] += 1;
         }
         // (centre level, median offset) of each bin with enough cells.
         let mut knots = [(0.0f32, 0.0f32); TONE_BINS];
@@ -159,16 +165,15 @@ impl Relight {
         }
     }
 
-    fn estimate_field(&mut self, luma: &[f32], background: &[f32], use_cell: &impl Fn(usize) -> bool) {
+    fn estimate_field(&mut self, luma: &[f32], background: &[f32]) {
         self.ratio_hist.fill(0);
         let scale = RATIO_BUCKETS as f32 / (RATIO_MAX - RATIO_MIN);
-        for (i, (&l, &b)) in luma.iter().zip(background).enumerate() {
-            if use_cell(i) {
-                let toned = b + self.tone[b.clamp(0.0, 255.0) as usize];
-                let ratio = (l + RATIO_BIAS) / (toned + RATIO_BIAS).max(1.0);
-                let bucket = ((ratio - RATIO_MIN) * scale).clamp(0.0, (RATIO_BUCKETS - 1) as f32) as usize;
-                self.ratio_hist[self.block_of[i] as usize * RATIO_BUCKETS + bucket] += 1;
-            }
+        for &i in &self.used {
+            let (i, l, b) = (i as usize, luma[i as usize], background[i as usize]);
+            let toned = b + self.tone[b.clamp(0.0, 255.0) as usize];
+            let ratio = (l + RATIO_BIAS) / (toned + RATIO_BIAS).max(1.0);
+            let bucket = ((ratio - RATIO_MIN) * scale).clamp(0.0, (RATIO_BUCKETS - 1) as f32) as usize;
+            self.ratio_hist[self.block_of[i] as usize * RATIO_BUCKETS + bucket] += 1;
         }
         for (block, gain) in self.block_gain.iter_mut().enumerate() {
             let hist = &self.ratio_hist[block * RATIO_BUCKETS..(block + 1) * RATIO_BUCKETS];
@@ -252,11 +257,13 @@ mod tests {
     #[test]
     fn gain_gamma_and_side_light_are_followed() {
         let background = scene();
-        let changes: [(&str, Box<dyn Fn(usize, f32) -> f32>); 3] = [
-            ("lights off", Box::new(|_, v| v * 0.55)),
-            ("ir tone change", Box::new(|_, v| 255.0 * (v * 0.9 / 255.0).powf(0.7))),
+        // How a cell's level (at index i) comes out under the new light.
+        type Change = fn(usize, f32) -> f32;
+        let changes: [(&str, Change); 3] = [
+            ("lights off", |_, v| v * 0.55),
+            ("ir tone change", |_, v| 255.0 * (v * 0.9 / 255.0).powf(0.7)),
             // A cloud's edge or a lamp warming up: brighter on the left.
-            ("light from the left", Box::new(|i, v| v * (1.15 - 0.25 * (i % 64) as f32 / 63.0))),
+            ("light from the left", |i, v| v * (1.15 - 0.25 * (i % 64) as f32 / 63.0)),
         ];
         for (name, change) in changes {
             let frame: Vec<f32> = background.iter().enumerate().map(|(i, &v)| change(i, v).min(255.0)).collect();

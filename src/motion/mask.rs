@@ -91,7 +91,14 @@ impl Pgm {
 
 /// Cells of a `grid_w` x `grid_h` grid (each `cell` pixels square) that are
 /// inside the ROI and white in the mask.
-pub(super) fn watched_cells(roi: &[bool], mask: Option<&Pgm>, grid_w: usize, grid_h: usize, cell: usize, frame: (usize, usize)) -> Vec<bool> {
+pub(super) fn watched_cells(
+    roi: &[bool],
+    mask: Option<&Pgm>,
+    grid_w: usize,
+    grid_h: usize,
+    cell: usize,
+    frame: (usize, usize),
+) -> Vec<bool> {
     let Some(mask) = mask else { return roi.to_vec() };
     (0..grid_w * grid_h)
         .map(|i| {

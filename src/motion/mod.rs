@@ -5,38 +5,45 @@
 //! cells about 128 wide ([`grid`]), which keeps it cheap on a Pi Zero; every
 //! later step costs the same whatever the camera's resolution. Per frame:
 //!
-//! 1. **Light** ([`light`]): the background, and the two previous frames, are
-//!    relit to the current frame's illumination with a tone curve and a
-//!    smooth gain field estimated from medians over the whole watched area.
-//!    Clouds, dusk, auto-exposure, lamps and IR switches change the whole
-//!    picture; people change a small part of it, which medians ignore.
+//! 1. **Light** ([`light`]): the background is relit to the current frame's
+//!    illumination with a tone curve and a smooth gain field estimated from
+//!    medians over the watched area. Clouds, dusk, auto-exposure, lamps and
+//!    IR switches change the whole picture; people change a small part of
+//!    it, which medians ignore. A sudden jump of the light (a switch) is not
+//!    trusted to the model: the background is relearnt from that frame,
+//!    except under the objects being followed, so the detector is blind for
+//!    one frame and never reports what the model could not explain.
 //! 2. **Noise**: the sensor noise of a cell is measured every frame as the
 //!    median absolute residual (robust to the moving part), so a cell changes
 //!    when it differs from the background by `noise_factor` times the noise,
 //!    and never by less than `pixel_threshold`. Each cell also learns how
 //!    much it flickers by itself (leaves, water, a flag) and raises its own
-//!    threshold, learning only from residuals clipped to a few times its
-//!    current spread: a person passing teaches it nothing, a tree that keeps
-//!    waving teaches it fast.
+//!    threshold: from residuals clipped to a few times its current spread,
+//!    so a person passing teaches it little and foliage that keeps moving
+//!    teaches it fast, faster still when the cell flips between brighter and
+//!    darker or keeps switching on and off, which objects do not do.
 //! 3. **Blobs** ([`blobs`]): changed cells are grouped. A blob is a moving
 //!    object when it has a seed (a cell well above threshold), has cells that
-//!    changed against the last two frames (so a stopped object, or the ghost
+//!    changed since the last two frames (so a stopped object, or the ghost
 //!    of one that left, stops counting at once), and changes coherently
 //!    (leaves and speckle change neighbouring cells in opposite directions).
 //!    It counts once seen for `min_blob_frames` frames in a row near where it
 //!    was, and when it covers `min_area_percent` of the watched area: small
-//!    enough for a person far away, and raindrops never persist.
+//!    enough for a person far away. Small blobs must also overlap themselves
+//!    from frame to frame, persist three times as long and travel: rain,
+//!    speckle and a twig waving on the spot do none of these.
 //! 4. **Learning**: the background follows the scene at `background_alpha`
 //!    per frame, four times slower under moving objects so that a slow walker
-//!    is not absorbed. A change too large to be anything but light
-//!    (`light_reset_percent`) relearns the background at once instead of going
-//!    blind or reporting it.
+//!    is not absorbed. A change of most of the picture at once
+//!    (`light_reset_percent`) can only be light the model missed, and is
+//!    relearnt like a light jump.
 //! 5. **Events** ([`hysteresis`]): `min_motion_frames` moving frames start an
 //!    event, `min_still_frames` still ones end it.
 //!
-//! The report carries a score (the largest persistent moving object, in
-//! percent of the watched area) against its threshold (`min_area_percent`)
-//! and the boxes of the accepted objects. All buffers are sized in
+//! The report carries a score (the largest object that passed every test
+//! but the size, in percent of the watched area) against its threshold
+//! (`min_area_percent`), so that the score reaches the threshold exactly when
+//! the frame shows motion, and the boxes of the accepted objects. All buffers are sized in
 //! [`MotionDetector::new`]; `process` allocates nothing.
 
 mod blobs;
@@ -59,7 +66,7 @@ pub use config::{MotionConfig, RoiRect};
 use grid::LumaGrid;
 pub use hysteresis::Hysteresis;
 use light::Relight;
-pub use mask::Pgm;
+use mask::Pgm;
 
 /// How fast a cell learns its own flicker, per frame.
 const FLICKER_RATE: f32 = 1.0 / 32.0;
@@ -158,7 +165,8 @@ impl Serialize for BoundingBox {
 /// steady state allocates nothing.
 #[derive(Clone, Debug, Default)]
 pub struct MotionReport {
-    /// Size of the largest persistent moving object, in percent of the watched area.
+    /// Size of the largest moving object that passed every test but the
+    /// size, in percent of the watched area.
     pub score: f32,
     /// The score at or above which a frame counts as moving (`min_area_percent`).
     pub threshold: f32,
@@ -217,7 +225,10 @@ impl MotionDetector {
         let (gw, gh) = (grid.width, grid.height);
         let mask = match &config.mask_file {
             Some(path) => Some(Pgm::read(path).with_context(|| {
-                format!("[motion] mask_file = {:?}: save it as a greyscale PGM (P5 or P2), white where motion counts", path.display().to_string())
+                format!(
+                    "[motion] mask_file = {:?}: save it as a greyscale PGM (P5 or P2), white where motion counts",
+                    path.display().to_string()
+                )
             })?),
             None => None,
         };
@@ -287,11 +298,6 @@ impl MotionDetector {
         &self.report
     }
 
-    /// Grid size in cells, and the side of a cell in pixels.
-    pub fn grid_size(&self) -> (usize, usize, usize) {
-        (self.grid.width, self.grid.height, self.grid.cell)
-    }
-
     /// Relights the background; true on a light jump.
     fn compensate_light(&mut self) -> bool {
         // Last frame's moving objects are left out of the light statistics.
@@ -303,12 +309,15 @@ impl MotionDetector {
     }
 
     fn measure_noise(&mut self) {
+        for ((r, &l), &b) in self.residual.iter_mut().zip(&self.grid.cells).zip(&self.background) {
+            *r = l - b;
+        }
+        // The same quarter of the cells as the light: plenty for a median.
         self.noise_hist.fill(0);
         let top = (NOISE_BUCKETS - 1) as f32;
-        for (i, ((r, &l), &b)) in self.residual.iter_mut().zip(&self.grid.cells).zip(&self.background).enumerate() {
-            *r = l - b;
-            if self.watched[i] {
-                self.noise_hist[(r.abs() * NOISE_BUCKETS_PER_LEVEL).min(top) as usize] += 1;
+        for &i in self.light.samples() {
+            if self.watched[i as usize] {
+                self.noise_hist[(self.residual[i as usize].abs() * NOISE_BUCKETS_PER_LEVEL).min(top) as usize] += 1;
             }
         }
         // For normal noise the median absolute deviation is 0.674 sigma.
@@ -390,12 +399,11 @@ impl MotionDetector {
     /// moving objects, which keep their relit background so that the objects
     /// stay visible instead of being learnt into it.
     fn relearn(&mut self, keep_objects: bool) {
-        let luma = &self.grid.cells;
-        for i in 0..luma.len() {
+        for (i, &luma) in self.grid.cells.iter().enumerate() {
             if keep_objects && matches!(self.blobs.verdict_at(i), Some(Verdict::Candidate | Verdict::Accepted)) {
                 continue;
             }
-            self.background[i] = luma[i];
+            self.background[i] = luma;
             self.past_residuals[0][i] = 0.0;
             self.past_residuals[1][i] = 0.0;
             self.last_flags[i] = 0;
@@ -414,7 +422,7 @@ impl MotionDetector {
         self.accepted.clear();
         if !light_jump && self.primed {
             for (index, blob) in self.blobs.list.iter().enumerate() {
-                if blob.verdict != Verdict::Rejected && blob.age >= self.config.min_blob_frames {
+                if blob.credible {
                     largest = largest.max(blob.area);
                 }
                 if blob.verdict == Verdict::Accepted {

@@ -17,7 +17,7 @@ const WIDTH: f64 = 960.0;
 const HEIGHT: f64 = 280.0;
 const LEFT: f64 = 64.0;
 const RIGHT: f64 = 16.0;
-const TOP: f64 = 36.0;
+const TOP: f64 = 52.0;
 const BOTTOM: f64 = 44.0;
 /// Score axis range in percent (decades).
 const LOG_MIN: f64 = -3.0;
@@ -111,10 +111,7 @@ impl Trace {
             tick += step;
         }
         let _ = writeln!(svg, r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">frame</text>"#, LEFT + WIDTH / 2.0, TOP + HEIGHT + 40.0);
-        let _ = writeln!(
-            svg,
-            r##"<rect x="{LEFT}" y="{TOP}" width="{WIDTH}" height="{HEIGHT}" fill="none" stroke="#444"/>"##
-        );
+        let _ = writeln!(svg, r##"<rect x="{LEFT}" y="{TOP}" width="{WIDTH}" height="{HEIGHT}" fill="none" stroke="#444"/>"##);
 
         // Score and threshold, one column per pixel at most.
         let columns = n.min(WIDTH as usize);
@@ -128,21 +125,22 @@ impl Trace {
             let _ = write!(score, "{xx:.1},{:.1} ", y(top));
             let _ = write!(threshold, "{xx:.1},{:.1} ", y(last.threshold));
         }
-        let _ = writeln!(svg, r##"<polyline points="{threshold}" fill="none" stroke="#e37400" stroke-width="1.5" stroke-dasharray="6,3"/>"##);
+        let _ =
+            writeln!(svg, r##"<polyline points="{threshold}" fill="none" stroke="#e37400" stroke-width="1.5" stroke-dasharray="6,3"/>"##);
         let _ = writeln!(svg, r##"<polyline points="{score}" fill="none" stroke="#1a73e8" stroke-width="1.2"/>"##);
 
         // Legend.
         let legend = [
-            ("#1a73e8", "score (largest moving object, % of watched area)"),
+            ("#1a73e8", "score: largest moving object, % of the watched area"),
             ("#e37400", "threshold"),
             ("#34a853", "motion in this frame"),
             ("#f4c7c3", "event"),
             ("#888", "light jump"),
         ];
-        let mut lx = LEFT + 260.0;
+        let mut lx = LEFT;
         for (colour, text) in legend {
-            let _ = writeln!(svg, r#"<rect x="{lx:.1}" y="10" width="12" height="12" fill="{colour}"/>"#);
-            let _ = writeln!(svg, r#"<text x="{:.1}" y="20">{text}</text>"#, lx + 16.0);
+            let _ = writeln!(svg, r#"<rect x="{lx:.1}" y="28" width="12" height="12" fill="{colour}"/>"#);
+            let _ = writeln!(svg, r#"<text x="{:.1}" y="38">{text}</text>"#, lx + 16.0);
             lx += 24.0 + 6.5 * text.len() as f64;
         }
         svg.push_str("</svg>\n");
