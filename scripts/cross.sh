@@ -22,10 +22,24 @@
 # the same glibc (2.36) and libstdc++ (GCC 12), so the binaries link against
 # exactly what the Pi has. libjpeg-turbo is compiled from source for the
 # target by turbojpeg-sys with cmake, which selects its NEON code; libzmq is
-# Debian's (libzmq3-dev:arm64/armhf through multiarch, libzmq5 on the Pi),
-# linked through the `links` override in .cargo/config.toml, which also
-# names the compilers. With the `libcamera` feature, libcamera itself is
-# cross-built by scripts/libcamera.sh from the same source as the host build.
+# Debian's (libzmq5 on the Pi), linked through the `links` override in
+# .cargo/config.toml, which also names the compilers. With the `libcamera`
+# feature, libcamera itself is cross-built by scripts/libcamera.sh from the
+# same source as the host build.
+#
+# Where the target's libzmq3-dev comes from:
+#   aarch64  libzmq3-dev:arm64 through dpkg multiarch.
+#   armv7    always a private sysroot (scripts/sysroot.sh): Debian's armhf
+#            packages unpacked under the cache, keyed by their versions,
+#            never installed into the system. Multiarch needs the armhf
+#            index to carry the same versions as amd64's for every
+#            Multi-Arch: same library, and the mirror's bookworm-security
+#            armhf index lags amd64's (libssl3, liblzma5, linux-libc-dev),
+#            which makes libzmq3-dev:armhf uninstallable. Always, not as a
+#            fallback: one path that every run exercises, whatever state
+#            the mirror is in. The `libcamera` feature is left out for
+#            armv7 (one log line says so): scripts/libcamera.sh cross-builds
+#            against multiarch -dev packages, which armhf cannot install.
 #
 # Settings (environment, all optional):
 #   CARGO_TARGET_DIR     default ~/.cache/camnode/target-cross: outside the
@@ -64,14 +78,22 @@ describe() {
     sysroot=/usr/$gnu
 }
 
+# The private armv7 sysroot (see the top), resolved once per run; and
+# whether the run said yet that armv7 goes without libcamera.
+armhf_root=
+armv7_note=
+armhf_sysroot() {
+    [ -n "$armhf_root" ] || armhf_root=$(scripts/sysroot.sh armhf libzmq3-dev)
+}
+
 # --- setup ---------------------------------------------------------------------
 
 apt_updated=
 need_packages() {
     local missing=() pkg
     for pkg in "$@"; do
-        dpkg-query -W -f='${Status}\n' "$pkg" 2>/dev/null | grep -q '^install ok installed$' ||
-            missing+=("$pkg")
+        # Not `| grep -q`: with pipefail, grep quitting early can fail the pipe.
+        [ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null)" = "install ok installed" ] || missing+=("$pkg")
     done
     [ ${#missing[@]} -eq 0 ] && return 0
     if [ -z "$apt_updated" ]; then
@@ -84,7 +106,15 @@ need_packages() {
     mkdir -p "$cache"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" \
         >"$cache/apt-install-cross.log" 2>&1 ||
-        { tail -30 "$cache/apt-install-cross.log" >&2; die "apt-get install failed; full log: $cache/apt-install-cross.log"; }
+        {
+            tail -30 "$cache/apt-install-cross.log" >&2
+            # The usual cause with multiarch: a library installed for amd64
+            # in a newer version than the foreign architecture's index
+            # offers, because that index failed to download (a mirror
+            # mid-sync) and Multi-Arch: same packages need equal versions.
+            die "apt-get install failed (full log: $cache/apt-install-cross.log); if it reports unmet" \
+                "dependencies of :armhf/:arm64 libraries, check that 'apt-get update' fetches that architecture's indexes"
+        }
 }
 
 # Tests start the `camnode` binary as a child process. Under qemu-user that
@@ -107,16 +137,19 @@ setup() {
     local t pkgs=(qemu-user-static cmake pkg-config python3 libjpeg-turbo-progs)
     for t in "${targets[@]}"; do
         describe "$t"
-        # libzmq is linked from the system (see .cargo/config.toml), so the
-        # target's libzmq3-dev comes through dpkg multiarch.
-        if ! dpkg --print-foreign-architectures | grep -qx "$deb"; then
+        pkgs+=("gcc-$gnu" "g++-$gnu" "libc6-dev-$deb-cross")
+        # libzmq is linked from the system (see .cargo/config.toml): for
+        # armv7 from the private sysroot, made after the installs below.
+        [ "$t" = armv7 ] && continue
+        if ! grep -qx "$deb" <<<"$(dpkg --print-foreign-architectures)"; then
             log "dpkg --add-architecture $deb"
             dpkg --add-architecture "$deb"
             apt_updated=
         fi
-        pkgs+=("gcc-$gnu" "g++-$gnu" "libc6-dev-$deb-cross" "libzmq3-dev:$deb")
+        pkgs+=("libzmq3-dev:$deb")
     done
     need_packages "${pkgs[@]}"
+    [[ " ${targets[*]} " != *" armv7 "* ]] || armhf_sysroot
     local installed
     installed=$(rustup target list --installed)
     for t in "${targets[@]}"; do
@@ -134,10 +167,12 @@ features() {
         echo "$CAMNODE_FEATURES"
         return
     fi
-    python3 - <<'EOF'
-import tomllib
+    python3 - "$1" <<'EOF'
+import sys, tomllib
 declared = tomllib.load(open("Cargo.toml", "rb")).get("features", {})
-print(",".join(f for f in ("libcamera", "gpio") if f in declared))
+# armv7 has no libcamera build (see the top of this script).
+wanted = ("gpio",) if sys.argv[1] == "armv7" else ("libcamera", "gpio")
+print(",".join(f for f in wanted if f in declared))
 EOF
 }
 
@@ -145,8 +180,31 @@ EOF
 # libcamera when the feature is on, and the library path its qemu runs need.
 target_env() {
     describe "$1"
-    feats=$(features)
+    feats=$(features "$1")
     local ld_path=$sysroot/lib
+    if [ "$1" = armv7 ]; then
+        if [[ ",$feats," == *,libcamera,* ]]; then
+            die "CAMNODE_FEATURES asks for libcamera on armv7, which this script cannot build:" \
+                "libcamera's armhf build dependencies come through dpkg multiarch, which the mirror's" \
+                "armhf index currently breaks; build armv7 with CAMNODE_FEATURES=gpio"
+        fi
+        if [ -z "${CAMNODE_FEATURES+set}" ] && [ -z "$armv7_note" ] && grep -q '^libcamera *=' Cargo.toml; then
+            armv7_note=1
+            log "armv7: building without the libcamera feature: libcamera.sh cross-builds libcamera against" \
+                "armhf -dev packages from dpkg multiarch, which the mirror's stale bookworm-security armhf" \
+                "index makes uninstallable, and the private armhf sysroot does not carry libcamera's dependencies"
+        fi
+        # libzmq and its dependencies from the private sysroot: -L for the
+        # link, -rpath-link for the libraries libzmq itself needs, and the
+        # same directories for the ARM loader under qemu.
+        armhf_sysroot
+        local libdirs=("$armhf_root/usr/lib/$gnu" "$armhf_root/lib/$gnu") dir flags=
+        for dir in "${libdirs[@]}"; do
+            flags+=" -L native=$dir -C link-arg=-Wl,-rpath-link,$dir"
+            ld_path+=:$dir
+        done
+        export CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_RUSTFLAGS="${flags# }"
+    fi
     libcamera_prefix=
     if [[ ",$feats," == *,libcamera,* ]]; then
         eval "$(scripts/libcamera.sh "$1")"
@@ -185,8 +243,10 @@ build() {
     local size glibc
     size=$(stat -c %s "$bin")
     glibc=$(glibc_needed "$bin")
-    file -b "$bin" | grep -q "$(case $1 in aarch64) echo 'ARM aarch64' ;; armv7) echo 'ARM, EABI5' ;; esac)" ||
-        die "$bin is not an $1 executable: $(file -b "$bin")"
+    local kind
+    kind=$(file -b "$bin")
+    [[ $kind == *"$(case $1 in aarch64) echo 'ARM aarch64' ;; armv7) echo 'ARM, EABI5' ;; esac)"* ]] ||
+        die "$bin is not an $1 executable: $kind"
     dpkg --compare-versions "$glibc" le "$glibc_max" ||
         die "$bin needs GLIBC_$glibc, newer than bookworm's $glibc_max: it would not start on Raspberry Pi OS bookworm"
     log "$1: built in ${secs} s; $(printf "%'d" "$size") bytes stripped; needs glibc >= $glibc;" \
@@ -237,13 +297,21 @@ smoke() {
         cargo build --quiet --bin camnode
         hub_bin=$CARGO_TARGET_DIR/debug/camnode
     fi
+    # A hub built with the libcamera feature (CI's host build is) finds its
+    # libcamera, which scripts/libcamera.sh built outside the system's
+    # library path, through that build's LD_LIBRARY_PATH; taken in a
+    # subshell so that nothing else in this run sees the host's settings.
+    local hub_ld_path=${LD_LIBRARY_PATH:-}
+    if grep -q 'libcamera.* not found' <<<"$(ldd "$hub_bin")"; then
+        hub_ld_path=$(eval "$(scripts/libcamera.sh host)" && echo "$LD_LIBRARY_PATH")
+    fi
     local dir frames=20 width=320 height=240 port start=$SECONDS
     dir=$(mktemp -d)
     port=$(free_port)
     log "smoke: $1 node under $qemu -> x86 hub on tcp://127.0.0.1:$port"
     # --count: the frames plus the Restart notice a node opens with, as
     # imagenode does.
-    "$hub_bin" hub --bind "tcp://127.0.0.1:$port" --save "$dir/saved" --count $((frames + 1)) --idle 60 \
+    LD_LIBRARY_PATH=$hub_ld_path "$hub_bin" hub --bind "tcp://127.0.0.1:$port" --save "$dir/saved" --count $((frames + 1)) --idle 60 \
         --summary-json "$dir/hub.json" 2>"$dir/hub.log" &
     local hub_pid=$!
     local node_status=0 hub_status=0
