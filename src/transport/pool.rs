@@ -12,12 +12,11 @@ pub struct BufferPool {
 
 /// Buffers kept at most; more are freed, so a burst does not pin memory.
 const MAX_SPARE: usize = 64;
-static NEW: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 impl BufferPool {
     /// An empty buffer, recycled when one is available.
     pub fn take(&self) -> Vec<u8> {
-        self.spare.lock().map(|mut s| s.pop()).ok().flatten().unwrap_or_else(|| { eprintln!("DEBUG new buffer {}", NEW.fetch_add(1, std::sync::atomic::Ordering::Relaxed)); Vec::new() })
+        self.spare.lock().map(|mut s| s.pop()).ok().flatten().unwrap_or_default()
     }
 
     /// Returns a buffer for reuse.
@@ -26,7 +25,7 @@ impl BufferPool {
         if let Ok(mut spare) = self.spare.lock() {
             if spare.len() < MAX_SPARE {
                 spare.push(buf);
-            } else { eprintln!("DEBUG dropped a buffer"); }
+            }
         }
     }
 }
