@@ -34,6 +34,9 @@
 # Settings: DEB_DIR as above; CARGO_TARGET_DIR, CAMNODE_FEATURES and
 # CAMNODE_HOST_BIN as for scripts/cross.sh.
 set -euo pipefail
+# Functions whose output is captured ($(...)) stop at their first failure
+# too, rather than carrying on with errexit off.
+shopt -s inherit_errexit
 
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -66,7 +69,7 @@ describe() {
 need_tools() {
     local missing=() pkg
     for pkg in "$@"; do
-        dpkg-query -W -f='${Status}\n' "$pkg" 2>/dev/null | grep -q '^install ok installed$' || missing+=("$pkg")
+        [ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null)" = "install ok installed" ] || missing+=("$pkg")
     done
     [ ${#missing[@]} -eq 0 ] && return 0
     apt-get update -qq >&2 || log "apt-get update reported errors; installing anyway"
@@ -88,7 +91,11 @@ ensure_cargo_deb() {
 package() {
     describe "$1"
     bash scripts/cross.sh build "$1"
-    local start=$SECONDS
+    [ "$1" != armv7 ] || armhf_sysroot
+    local start=$SECONDS depends
+    # First, and assigned on its own so that a failure stops the run before
+    # a package with cargo-deb's incomplete Depends is written.
+    depends=$(package_depends "$1" "$CARGO_TARGET_DIR/$rust/release/camnode")
     mkdir -p "$deb_dir"
     # --no-build: the binary is the one cross.sh built and checked.
     # The package's path, for the steps after this one. --quiet: cargo-deb's
@@ -96,7 +103,7 @@ package() {
     # says so at length; set_depends below does it right.
     packaged=$("$cargo_deb" --quiet --no-build --target "$rust" --output "$deb_dir" | tail -1)
     [ -f "$packaged" ] || die "cargo-deb did not report a package path (got '$packaged')"
-    set_depends "$packaged" "$(package_depends "$1" "$CARGO_TARGET_DIR/$rust/release/camnode")"
+    set_depends "$packaged" "$depends"
     log "$1: $packaged ($(stat -c %s "$packaged") bytes) in $((SECONDS - start)) s"
     check_package "$packaged"
 }
@@ -104,6 +111,27 @@ package() {
 # The sonames of the shared libraries a target binary links.
 needed_libs() {
     "$gnu-readelf" -d "$1" | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p'
+}
+
+# The private armhf sysroot scripts/cross.sh links armv7 against (the same
+# packages, so the same cached sysroot), resolved once per run by package(),
+# outside the command substitutions the functions below run in.
+armhf_root=
+armhf_sysroot() {
+    [ -n "$armhf_root" ] || armhf_root=$(scripts/sysroot.sh armhf libzmq3-dev)
+}
+
+# The package that ships the library $1 of the target (empty if none does):
+# for armv7 from the file lists of the private sysroot, whose packages dpkg's
+# database does not know, otherwise from that database (multiarch).
+library_owner() {
+    local soname=$1 list
+    if [ "$deb" = armhf ]; then
+        list=$(grep -lx -e "/usr/lib/$gnu/$soname" -e "/lib/$gnu/$soname" "$armhf_root"/.deb-info/*.list | head -1 || true)
+        [ -z "$list" ] || basename "$list" .list
+    else
+        dpkg -S "*/$gnu/$soname" 2>/dev/null | grep "^[^ ]*:$deb:" | head -1 | cut -d: -f1 || true
+    fi
 }
 
 # Debian and the Raspberry Pi archive both name libcamera's runtime package
@@ -119,7 +147,10 @@ libcamera_package() {
 # package, which dpkg-shlibdeps cannot know when libcamera was built from
 # source by scripts/libcamera.sh, plus adduser for the postinst.
 package_depends() {
-    local bin=$2 search=() extra=() soname dir shlibs
+    local bin=$2 search=() extra=() soname dir info out
+    dir=$(mktemp -d)
+    mkdir "$dir/debian"
+    : >"$dir/debian/control"
     for soname in $(needed_libs "$bin"); do
         case $soname in
         libcamera.so.*)
@@ -130,14 +161,35 @@ package_depends() {
             ;;
         esac
     done
-    dir=$(mktemp -d)
-    mkdir "$dir/debian"
-    : >"$dir/debian/control"
-    shlibs=$(cd "$dir" && DEB_HOST_ARCH=$deb dpkg-shlibdeps --ignore-missing-info "${search[@]}" -O "$bin" 2>/dev/null |
-        sed -n 's/^shlibs:Depends=//p')
+    if [ "$1" = armv7 ]; then
+        # The libraries come from the private sysroot, which dpkg's database
+        # does not know. dpkg-shlibdeps takes a library no installed package
+        # owns for one being built, and reads the symbols files of the
+        # packages being built (debian/*/DEBIAN): there go the control
+        # areas of the sysroot's packages.
+        for info in "$armhf_root"/.deb-info/*/; do
+            info=${info%/}
+            mkdir "$dir/debian/${info##*/}"
+            ln -s "$info" "$dir/debian/${info##*/}/DEBIAN"
+        done
+        search+=("-l$armhf_root/usr/lib/$gnu" "-l$armhf_root/lib/$gnu" "-l$dir/toolchain")
+        # glibc and libgcc are the cross toolchain's, whose packages
+        # (libc6-armhf-cross...) are not what a Pi installs. Copies of them
+        # (links would lead dpkg-shlibdeps back to those packages) are
+        # unowned, so their Depends too come from the symbols files of the
+        # sysroot's libc6 and libgcc-s1, as on a Pi.
+        mkdir "$dir/toolchain"
+        for soname in $(needed_libs "$bin"); do
+            [ -n "$(library_owner "$soname")" ] || [ ! -e "/usr/$gnu/lib/$soname" ] ||
+                cp -L "/usr/$gnu/lib/$soname" "$dir/toolchain/"
+        done
+    fi
+    out=$(cd "$dir" && DEB_HOST_ARCH=$deb dpkg-shlibdeps --ignore-missing-info "${search[@]}" -O "$bin" 2>"$dir/log") ||
+        { cat "$dir/log" >&2; die "dpkg-shlibdeps failed on $bin"; }
     rm -rf "$dir"
-    [ -n "$shlibs" ] || die "dpkg-shlibdeps found no dependencies for $bin"
-    echo "adduser, $shlibs${extra[*]:+, ${extra[*]}}"
+    out=$(sed -n 's/^shlibs:Depends=//p' <<<"$out")
+    [ -n "$out" ] || die "dpkg-shlibdeps found no dependencies for $bin"
+    echo "adduser, $out${extra[*]:+, ${extra[*]}}"
 }
 
 # Rewrites the Depends field of a built package.
@@ -166,7 +218,7 @@ check_package() {
     dpkg-deb --control "$pkg" "$work/control"
     local bin=$work/root/usr/bin/camnode
     [ -x "$bin" ] || die "$pkg: no executable /usr/bin/camnode"
-    file -b "$bin" | grep -q "$elf" || die "$pkg: /usr/bin/camnode is not $elf: $(file -b "$bin")"
+    [[ $(file -b "$bin") == *"$elf"* ]] || die "$pkg: /usr/bin/camnode is not $elf: $(file -b "$bin")"
     [ -f "$work/root/etc/camnode/camnode.toml" ] || die "$pkg: no /etc/camnode/camnode.toml"
     grep -qx /etc/camnode/camnode.toml "$work/control/conffiles" ||
         die "$pkg: /etc/camnode/camnode.toml is not a conffile, so an upgrade would overwrite local settings"
@@ -195,8 +247,8 @@ check_package() {
 }
 
 # Every shared library the binary links must come from a package named in
-# Depends (found through dpkg's database of the multiarch libraries the
-# build linked against), so apt on the Pi pulls them in.
+# Depends (library_owner: the package of the library the build linked
+# against), so apt on the Pi pulls them in.
 check_depends() {
     local pkg=$1 bin=$2 depends names soname owner
     depends=$(dpkg-deb --field "$pkg" Depends)
@@ -205,7 +257,7 @@ check_depends() {
     names=$(sed 's/^ *//; s/[ (:].*//' <<<"${depends//[,|]/$'\n'}")
     grep -qx adduser <<<"$names" || die "$pkg: Depends lacks adduser (postinst needs it)"
     for soname in $(needed_libs "$bin"); do
-        owner=$(dpkg -S "*/$gnu/$soname" 2>/dev/null | grep "^[^ ]*:$deb:" | head -1 | cut -d: -f1 || true)
+        owner=$(library_owner "$soname")
         case $soname in libcamera.so.* | libcamera-base.so.*) owner=$(libcamera_package "$soname") ;; esac
         if [ -z "$owner" ]; then
             # Without multiarch, glibc and libgcc come from the cross
@@ -395,9 +447,17 @@ check_fleet() {
     shellcheck deploy/fleet.sh scripts/cross.sh scripts/package.sh deploy/debian/postinst deploy/debian/postrm
     log "shellcheck: fleet.sh, cross.sh, package.sh and the maintainer scripts are clean"
 
-    local plan hosts
-    hosts=$(grep -cv '^\s*\(#\|$\)' deploy/hosts.example)
-    plan=$(deploy/fleet.sh deploy/hosts.example --dry-run --debs "$deb_dir" 2>&1) ||
+    local dir plan hosts hosts_file=deploy/hosts.example
+    dir=$(mktemp -d)
+    # With one architecture packaged in this run, only the hosts that name
+    # it are planned (the others would need a package this run did not make).
+    if [ ${#packaged_arches[@]} -lt 2 ]; then
+        hosts_file=$dir/hosts.dry
+        awk -v arch="${packaged_arches[0]}" '!/^[[:space:]]*(#|$)/ && $2 == arch' deploy/hosts.example >"$hosts_file"
+        log "fleet.sh --dry-run: only the ${packaged_arches[0]} hosts of deploy/hosts.example"
+    fi
+    hosts=$(grep -cv '^\s*\(#\|$\)' "$hosts_file")
+    plan=$(deploy/fleet.sh "$hosts_file" --dry-run --debs "$deb_dir" 2>&1) ||
         die "fleet.sh --dry-run failed: $plan"
     echo "$plan"
     [ "$(grep -c ' dry-run ' <<<"$plan")" = "$hosts" ] ||
@@ -406,9 +466,8 @@ check_fleet() {
     # Failure isolation, for real: three hosts whose ssh port refuses
     # connections (loopback only). Each must get its own FAILED line and
     # the run must exit 1 after trying all of them.
-    local dir out status=0
-    dir=$(mktemp -d)
-    printf '%s\n' '127.0.0.1 arm64' 'nobody@127.0.0.2' 'localhost armhf' >"$dir/hosts"
+    local out status=0
+    printf '%s\n' "127.0.0.1 ${packaged_arches[0]}" 'nobody@127.0.0.2' "localhost ${packaged_arches[-1]}" >"$dir/hosts"
     # Port 9 (discard) has no listener here; the ports-in-use check proves it.
     if python3 -c 'import socket,sys; s=socket.socket(); sys.exit(s.connect_ex(("127.0.0.1", 9)) == 0)'; then
         out=$(FLEET_SSH_OPTS="-o Port=9" deploy/fleet.sh "$dir/hosts" --debs "$deb_dir" --log-dir "$dir/logs" 2>&1) ||
@@ -417,7 +476,7 @@ check_fleet() {
         [ "$status" = 1 ] || die "fleet.sh exited $status with every host unreachable, expected 1"
         [ "$(grep -c ' FAILED connect: \| FAILED copy: ' <<<"$out")" = 3 ] ||
             die "fleet.sh did not report exactly one failure per unreachable host"
-        log "fleet.sh: dry run planned $hosts hosts; unreachable hosts each failed on their own"
+        log "fleet.sh: the dry run planned $hosts hosts; unreachable hosts each failed on their own"
     else
         die "something listens on 127.0.0.1:9; cannot run the unreachable-host check"
     fi
@@ -429,10 +488,14 @@ check_fleet() {
 need_tools dpkg-dev shellcheck systemd python3 file mmdebstrap arch-test
 bash scripts/cross.sh setup "${targets[@]}"
 ensure_cargo_deb
+packaged_arches=()
+packaged_files=()
 for t in "${targets[@]}"; do
     package "$t"
+    packaged_arches+=("$deb")
+    packaged_files+=("${packaged##*/}")
     [ "$t" != aarch64 ] || install_test "$packaged"
 done
 check_cross_toml
 check_fleet
-log "done: $(find "$deb_dir" -maxdepth 1 -name 'camnode_*.deb' -printf '%f ')"
+log "done: ${packaged_files[*]} in $deb_dir"
