@@ -5,9 +5,17 @@
 use std::sync::{Arc, Mutex};
 
 /// A shared stack of spare buffers.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct BufferPool {
     spare: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl Default for BufferPool {
+    /// The stack itself is sized once: growing it when a burst returns more
+    /// buffers than ever before would be an allocation in the steady state.
+    fn default() -> Self {
+        BufferPool { spare: Arc::new(Mutex::new(Vec::with_capacity(MAX_SPARE))) }
+    }
 }
 
 /// Buffers kept at most; more are freed, so a burst does not pin memory.
