@@ -26,7 +26,7 @@ fn req_node_to_camnode_hub_sends_motion_frames_and_events() {
     let mut hub = Proc::spawn(
         "camnode hub",
         camnode()
-            .args(["hub", "--bind", &format!("tcp://127.0.0.1:{port}"), "--idle", "3"])
+            .args(["hub", "--bind", &format!("tcp://127.0.0.1:{port}")])
             .arg("--save")
             .arg(&save)
             .arg("--jsonl")
@@ -43,6 +43,8 @@ fn req_node_to_camnode_hub_sends_motion_frames_and_events() {
         LIMIT,
     );
     assert!(node.status.success(), "{}", String::from_utf8_lossy(&node.stderr));
+    // The node exits only once the hub acknowledged everything: stop the hub then.
+    hub.signal(libc::SIGTERM);
     assert!(hub.wait(LIMIT).success());
 
     let stats = read_json(&stats);
@@ -87,7 +89,7 @@ fn python_hub(args: &[&str], out: &std::path::Path) -> (Proc, std::sync::mpsc::R
 fn imagezmq_hub_receives_jpegs_over_req() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("summary.json");
-    let (mut hub, lines) = python_hub(&["--mode", "req", "--port", "0", "--idle", "3"], &out);
+    let (mut hub, lines) = python_hub(&["--mode", "req", "--port", "0"], &out);
     let ready = expect_line(&lines, "READY", LIMIT);
     let endpoint = ready.split_whitespace().nth(1).unwrap().replace("0.0.0.0", "127.0.0.1");
     let node = run_to_end(
@@ -96,6 +98,8 @@ fn imagezmq_hub_receives_jpegs_over_req() {
         LIMIT,
     );
     assert!(node.status.success(), "{}", String::from_utf8_lossy(&node.stderr));
+    // A REQ node exits only once the hub acknowledged everything: stop the hub then.
+    hub.signal(libc::SIGTERM);
     hub.wait(LIMIT);
     let summary = read_json(&out);
     let messages = summary["messages"].as_array().unwrap();
@@ -110,7 +114,7 @@ fn imagezmq_hub_receives_jpegs_over_req() {
 fn imagezmq_hub_receives_raw_arrays_with_dtype_and_shape() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("summary.json");
-    let (mut hub, lines) = python_hub(&["--mode", "req", "--port", "0", "--format", "raw", "--idle", "3"], &out);
+    let (mut hub, lines) = python_hub(&["--mode", "req", "--port", "0", "--format", "raw"], &out);
     let endpoint = expect_line(&lines, "READY", LIMIT).split_whitespace().nth(1).unwrap().replace("0.0.0.0", "127.0.0.1");
     let node = run_to_end(
         "camnode run",
@@ -118,6 +122,8 @@ fn imagezmq_hub_receives_raw_arrays_with_dtype_and_shape() {
         LIMIT,
     );
     assert!(node.status.success(), "{}", String::from_utf8_lossy(&node.stderr));
+    // A REQ node exits only once the hub acknowledged everything: stop the hub then.
+    hub.signal(libc::SIGTERM);
     hub.wait(LIMIT);
     let summary = read_json(&out);
     let images: Vec<_> = summary["messages"].as_array().unwrap().iter().filter(|m| m["msg"].as_str().unwrap().ends_with("|image")).cloned().collect();
@@ -134,7 +140,7 @@ fn imagezmq_hub_subscribes_to_a_pub_node() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("summary.json");
     let port = free_port();
-    let (mut hub, lines) = python_hub(&["--mode", "pub", "--port", &port.to_string(), "--idle", "3"], &out);
+    let (mut hub, lines) = python_hub(&["--mode", "pub", "--port", &port.to_string()], &out);
     expect_line(&lines, "READY", LIMIT);
     let mut node = Proc::spawn(
         "camnode run",
@@ -145,6 +151,8 @@ fn imagezmq_hub_subscribes_to_a_pub_node() {
     // PUB has no acknowledgement: frames published before the subscription completes are lost by design.
     expect_line(&lines, "CONNECTED", LIMIT);
     assert!(node.wait(LIMIT).success());
+    // What the node published before exiting has reached the subscriber or never will.
+    hub.signal(libc::SIGTERM);
     hub.wait(LIMIT);
     let summary = read_json(&out);
     let images: Vec<_> = summary["messages"].as_array().unwrap().iter().filter(|m| m["msg"].as_str().unwrap().ends_with("|jpg")).cloned().collect();

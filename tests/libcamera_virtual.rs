@@ -300,7 +300,7 @@ fn imagezmq_hub_receives_libcamera_frames() {
         "imagezmq hub",
         std::process::Command::new(python())
             .arg(repo_root().join("tests/python/imagezmq_hub.py"))
-            .args(["--mode", "req", "--port", "0", "--idle", "3", "--out"])
+            .args(["--mode", "req", "--port", "0", "--out"])
             .arg(&out)
             .stdout(Stdio::piped()),
     );
@@ -315,6 +315,8 @@ fn imagezmq_hub_receives_libcamera_frames() {
         LIMIT,
     );
     assert!(node.status.success(), "{}", String::from_utf8_lossy(&node.stderr));
+    // The node exits only once the hub acknowledged everything: stop the hub then, not after an idle guess.
+    hub.signal(libc::SIGTERM);
     hub.wait(LIMIT);
     let summary = read_json(&out);
     let images: Vec<_> = summary["messages"].as_array().unwrap().iter().filter(|m| m["msg"] == "pi Cam|jpg").collect();
