@@ -461,7 +461,7 @@ fn demo(args: &DemoArgs) -> Result<()> {
     let summary = hub_thread.join().map_err(|_| anyhow::anyhow!("the demo hub panicked"))??;
     println!("node: {}", stats.summary());
     println!(
-        "hub:  received {} images and {} motion events; images are in {}/<date>/, events in {}/imagehub.log",
+        "hub:  received {} images and {} event messages (motion starts and ends); images are in {}/<date>/, events in {}/imagehub.log",
         summary.images,
         summary.events,
         args.save.display(),
