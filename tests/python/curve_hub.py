@@ -25,7 +25,7 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-from imagezmq_hub import decode_jpegs, receive_until_done, signal_wakeup, write_summary
+from imagezmq_hub import serve, signal_wakeup
 
 
 class CurveImageHub(imagezmq.ImageHub):
@@ -98,23 +98,13 @@ def main():
     else:
         endpoint = f"tcp://{args.host}:{args.port}"
         hub = CurveImageHub(endpoint, False, args.secret_cert, server_cert=args.server_cert)
-    print(f"READY {endpoint}", flush=True)
-    records, payloads = [], []
-    stopped_by = receive_until_done(hub, args, wakeup, records, payloads)
-    decode_jpegs(records, payloads)
-    if hub.auth is not None:
-        hub.auth.stop()
-    hub.zmq_context.destroy(linger=0)
-    write_summary(args.out, {
-        "mode": args.mode,
-        "format": args.format,
-        "endpoint": endpoint,
-        "stopped_by": stopped_by,
-        "received": len(records),
-        "errors": sum(1 for r in records if "error" in r),
-        "messages": records,
-    })
-    print(f"{stopped_by}: {len(records)} messages, summary in {args.out}", file=sys.stderr)
+
+    def close():
+        if hub.auth is not None:
+            hub.auth.stop()
+        hub.zmq_context.destroy(linger=0)
+
+    serve(hub, endpoint, args, wakeup, close)
 
 
 if __name__ == "__main__":

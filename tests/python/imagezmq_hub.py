@@ -194,12 +194,18 @@ def main():
     args = parse_args()
     wakeup, _writer = signal_wakeup()
     hub, endpoint = open_hub(args)
+    # linger=0: a reply owed to a node that has gone must not hold up the exit.
+    serve(hub, endpoint, args, wakeup, close=lambda: hub.zmq_context.destroy(linger=0))
+
+
+def serve(hub, endpoint, args, wakeup, close):
+    """Announces READY, receives until done, closes the hub with `close`, and
+    writes the summary: the whole life of a hub once its socket is open."""
     print(f"READY {endpoint}", flush=True)
     records, payloads = [], []
     stopped_by = receive_until_done(hub, args, wakeup, records, payloads)
     decode_jpegs(records, payloads)
-    # linger=0: a reply owed to a node that has gone must not hold up the exit.
-    hub.zmq_context.destroy(linger=0)
+    close()
     write_summary(args.out, {
         "mode": args.mode,
         "format": args.format,
@@ -210,7 +216,6 @@ def main():
         "messages": records,
     })
     print(f"{stopped_by}: {len(records)} messages, summary in {args.out}", file=sys.stderr)
-
 
 if __name__ == "__main__":
     main()
