@@ -3,7 +3,8 @@ pipeline and with bare libjpeg-turbo, on the same frames. Run it through
 bench/run.sh, which builds what it needs first.
 
 Workloads, each a Y4M file written once under ~/.cache/camnode/bench, so all
-decoding and scaling happens before anything is timed:
+decoding and scaling happens before anything is timed, and copied to RAM
+(/dev/shm) while it is measured, so no run waits for the disk:
 
   (a) a still 1080p scene with sensor noise: vtest's first frame scaled to
       1920x1080, plus fresh Gaussian noise in every frame. Motion detection
@@ -41,6 +42,7 @@ settings (send = motion with its pre-event frames, default workers).
 """
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -68,6 +70,8 @@ STILL_FRAMES = 300
 # Sensor noise of the still scene, standard deviation in 8-bit steps.
 STILL_NOISE = 2.0
 QUALITY = 90
+# Where workloads are staged while measured (see in_memory).
+RAM_DIR = Path("/dev/shm")
 # The slow hub of the memory run replies after this long.
 SLOW_HUB_DELAY = 0.05
 
@@ -190,6 +194,24 @@ def limited(args, path):
 
         write_atomically(short, write)
     return short, args.frames
+
+
+@contextlib.contextmanager
+def in_memory(path):
+    """The workload in RAM (tmpfs) for as long as it is measured: "decoded
+    before timing" means no run may wait for the disk, and on a VM the
+    page cache is no promise, since the host reclaims idle pages (this
+    machine's kdamond does, between runs). Falls back to the page cache,
+    read once per run, where /dev/shm is missing or too small."""
+    size = path.stat().st_size
+    if not RAM_DIR.is_dir() or shutil.disk_usage(RAM_DIR).free < 2 * size:
+        log(f"warning: no room in {RAM_DIR} for {path.name}: reading it from the page cache, which the system may evict")
+        yield path, lambda: warm_page_cache(path)
+        return
+    with tempfile.TemporaryDirectory(prefix="camnode-bench-", dir=RAM_DIR) as tmp:
+        copy = Path(tmp) / path.name
+        shutil.copyfile(path, copy)
+        yield copy, lambda: None
 
 
 def warm_page_cache(path):
@@ -322,7 +344,7 @@ def bare_once(args, path, frames):
     return {k: result[k] for k in ("fps", "cpu_ms_per_frame", "read_cpu_ms_per_frame")}
 
 
-def measure(args, workdir, workload, path, frames):
+def measure(args, workdir, workload, path, frames, warm):
     """Every pipeline --runs times on one workload, taking turns run by run,
     so that whatever else the machine does falls on all of them alike.
     Returns the runs of each pipeline, bare encoding last."""
@@ -341,9 +363,9 @@ def measure(args, workdir, workload, path, frames):
             hubs[name] = Hub(workdir, f"{workload['key']}-{len(hubs)}")
         for _ in range(args.runs):
             for name, once in senders:
-                warm_page_cache(path)
+                warm()
                 runs[name].append(once(workdir, workload, path, frames, hubs[name].address))
-            warm_page_cache(path)
+            warm()
             runs[BARE].append(bare_once(args, path, frames))
     finally:
         summaries = {name: hub.stop() for name, hub in hubs.items()}
@@ -468,13 +490,15 @@ def main():
             workload = workloads[key]
             path, frames = limited(args, workload["make"]())
             log(f"{workload['title']}: {frames} frames from {path}")
-            runs = measure(args, workdir, workload, path, frames)
+            with in_memory(path) as (ram_path, warm):
+                runs = measure(args, workdir, workload, ram_path, frames, warm)
             results[key] = runs
             rows += report_rows(workload, runs)
             raw[key] = {"frames": frames, "source": str(path), "runs": runs}
         if not args.no_memory_run:
             path, _ = limited(args, workloads["b"]["make"]())
-            memory = memory_run(args, workdir, path)
+            with in_memory(path) as (ram_path, _):
+                memory = memory_run(args, workdir, ram_path)
             raw["memory"] = memory
     lines = [
         "| workload | pipeline | frames/s | CPU ms/frame | CPU ms/frame, file reading left out | frames per CPU-s vs imagenode "

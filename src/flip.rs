@@ -125,7 +125,7 @@ mod tests {
         ];
         for (flip, want) in cases {
             flip_into(&src.as_frame(), flip, &mut out);
-            assert_eq!(out.data, want, "{flip}");
+            assert_eq!(&out.data[..], &want[..], "{flip}");
         }
     }
 
@@ -145,7 +145,7 @@ mod tests {
         };
         let mut out = FrameBuf::default();
         flip_into(&frame, Flip::Horizontal, &mut out);
-        assert_eq!(out.data, vec![4, 3, 2, 1, 8, 7, 6, 5, 11, 10, 21, 20]);
+        assert_eq!(&out.data[..], [4, 3, 2, 1, 8, 7, 6, 5, 11, 10, 21, 20]);
     }
 
     #[test]

@@ -9,8 +9,17 @@
 //! that keeps it copies a lent one, but takes an owned one's buffer. Buffers
 //! not in use wait in one [`Spares`] list, so a pipeline holds only as many
 //! as it ever needs at once.
+//!
+//! A `FrameBuf`'s pixels may also be a window of a memory-mapped file
+//! ([`Pixels::Mapped`]): a frame of a Y4M file then goes to the pre-event
+//! ring or an encoder worker without ever being copied, as a frame read
+//! into memory of its own would.
 
+use std::ops::{Deref, DerefMut, Range};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use memmap2::{Mmap, UncheckedAdvice};
 
 /// How the chroma of a 4:2:0 frame is laid out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,10 +165,105 @@ impl Spares {
     }
 
     /// Keeps `buf` for reuse; an empty one (whose pixels a stage took) is
-    /// not a buffer of its own.
+    /// not a buffer of its own, nor is a mapped one (dropping it lets the
+    /// file's pages go).
     pub fn give(&mut self, buf: FrameBuf) {
-        if buf.data.capacity() > 0 {
+        if buf.data.heap_capacity() > 0 {
             self.spare.push(buf);
+        }
+    }
+}
+
+/// The pixels of a [`FrameBuf`].
+#[derive(Clone, Debug)]
+pub enum Pixels {
+    /// Memory of the buffer's own, reused frame after frame.
+    Heap(Vec<u8>),
+    /// One frame's bytes inside a file mapped by its source.
+    Mapped(MappedSpan),
+}
+
+impl Default for Pixels {
+    fn default() -> Self {
+        Pixels::Heap(Vec::new())
+    }
+}
+
+impl Pixels {
+    /// Bytes of heap memory this buffer holds for reuse (none when mapped).
+    pub fn heap_capacity(&self) -> usize {
+        match self {
+            Pixels::Heap(vec) => vec.capacity(),
+            Pixels::Mapped(_) => 0,
+        }
+    }
+
+    /// The heap memory, replacing a mapping by an empty one first.
+    fn heap(&mut self) -> &mut Vec<u8> {
+        if let Pixels::Mapped(_) = self {
+            *self = Pixels::default();
+        }
+        match self {
+            Pixels::Heap(vec) => vec,
+            Pixels::Mapped(_) => unreachable!("replaced just above"),
+        }
+    }
+}
+
+impl Deref for Pixels {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Pixels::Heap(vec) => vec,
+            Pixels::Mapped(span) => span.bytes(),
+        }
+    }
+}
+
+/// Writing to mapped pixels first copies them to the heap: the file is
+/// never written.
+impl DerefMut for Pixels {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        if let Pixels::Mapped(span) = self {
+            *self = Pixels::Heap(span.bytes().to_vec());
+        }
+        self.heap()
+    }
+}
+
+/// A frame's bytes inside a read-only file mapping shared with its source.
+/// When a span is dropped, the pages under it are unmapped again: a long
+/// file does not stay resident (the kernel's page cache keeps them; only
+/// this process's share is let go), so memory holds just the frames still
+/// in use.
+#[derive(Clone, Debug)]
+pub struct MappedSpan {
+    map: Arc<Mmap>,
+    range: Range<usize>,
+}
+
+impl MappedSpan {
+    /// `range` of `map`; `None` if it runs past the end.
+    pub fn new(map: Arc<Mmap>, range: Range<usize>) -> Option<Self> {
+        (range.start <= range.end && range.end <= map.len()).then_some(MappedSpan { map, range })
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.map[self.range.clone()]
+    }
+}
+
+impl Drop for MappedSpan {
+    fn drop(&mut self) {
+        // SAFETY: MADV_DONTNEED on a read-only shared file mapping only
+        // unmaps pages; the next access maps them again from the page
+        // cache with the same contents. So it is harmless even where
+        // another span (a neighbouring frame sharing a page at the edge,
+        // or a clone of this one) still reads them.
+        let released = unsafe { self.map.unchecked_advise_range(UncheckedAdvice::DontNeed, self.range.start, self.range.len()) };
+        if let Err(e) = released {
+            log::debug!("cannot release mapped frame pages: {e}");
         }
     }
 }
@@ -172,7 +276,7 @@ pub struct FrameBuf {
     pub seq: u64,
     pub timestamp: f64,
     /// Y, then U, then V, each with stride equal to its width.
-    pub data: Vec<u8>,
+    pub data: Pixels,
 }
 
 impl FrameBuf {
@@ -189,7 +293,17 @@ impl FrameBuf {
         let (cw, ch) = chroma_size(width, height);
         self.width = width;
         self.height = height;
-        self.data.resize(width * height + 2 * cw * ch, 0);
+        self.data.heap().resize(width * height + 2 * cw * ch, 0);
+    }
+
+    /// Points this buffer at a frame of a mapped file instead of memory of
+    /// its own; `span` must hold exactly one packed I420 frame of this size.
+    pub fn set_mapped(&mut self, width: usize, height: usize, span: MappedSpan) {
+        let (cw, ch) = chroma_size(width, height);
+        debug_assert_eq!(span.bytes().len(), width * height + 2 * cw * ch);
+        self.width = width;
+        self.height = height;
+        self.data = Pixels::Mapped(span);
     }
 
     /// The three planes, mutable, in Y, U, V order.
@@ -271,7 +385,7 @@ mod tests {
         frame.validate().unwrap();
         let mut buf = FrameBuf::default();
         buf.copy_from(&frame);
-        assert_eq!(buf.data, vec![1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 20, 21]);
+        assert_eq!(&buf.data[..], [1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 20, 21]);
         assert_eq!((buf.seq, buf.timestamp), (7, 1.5));
     }
 
@@ -291,7 +405,7 @@ mod tests {
         };
         let mut buf = FrameBuf::default();
         buf.copy_from(&frame);
-        assert_eq!(buf.data, vec![1, 2, 3, 4, 9, 8]);
+        assert_eq!(&buf.data[..], [1, 2, 3, 4, 9, 8]);
     }
 
     #[test]

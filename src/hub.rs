@@ -393,7 +393,7 @@ mod tests {
         // A file where the day's folder should be makes saving fail.
         let day = image_path(dir.path(), "n v|jpg", 86400.5).parent().unwrap().to_path_buf();
         std::fs::write(&day, b"in the way").unwrap();
-        let mut exchange = |hub: &mut Hub| {
+        let exchange = |hub: &mut Hub| {
             node.send_multipart([&header[..], &jpeg[..]], 0).unwrap();
             let received = hub.receive(Duration::from_secs(5)).unwrap();
             (received, node.recv_bytes(0).unwrap())

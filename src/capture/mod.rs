@@ -44,6 +44,13 @@ pub trait FrameSource: Send {
         None
     }
 
+    /// True for sources whose [`next_frame_into`](Self::next_frame_into)
+    /// points the buffer at memory of the source's own (a mapped file)
+    /// rather than filling it: the pipeline then gives them no buffers.
+    fn maps_frames(&self) -> bool {
+        false
+    }
+
     /// True for sources that pace themselves (a camera): `--rate` does not
     /// slow them down.
     fn is_live(&self) -> bool {

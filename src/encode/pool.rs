@@ -36,8 +36,15 @@ use crate::transport::Message;
 /// worker holds a frame (3 MB at 1080p) while it encodes.
 const AUTO_MAX_WORKERS: usize = 4;
 
-/// Messages that can wait in order without the queue growing: images in
-/// flight plus the few event messages queued between them.
+/// Images per worker that may wait for their turn. Workers finish out of
+/// order, and one that the OS holds back (two cores shared with the main
+/// loop, the sender and libzmq) holds back every message behind its frame:
+/// past this many, the next frame waits for that worker instead of piling
+/// up more messages, each of which holds a payload buffer.
+const WAITING_PER_WORKER: usize = 4;
+
+/// Room in the queue for the waiting images plus the event messages queued
+/// between them, so that it never grows.
 const QUEUE_SLOTS: usize = 64;
 
 /// The number of encoders a `[encode] workers` setting asks for: the value
@@ -107,6 +114,15 @@ impl EncodePool {
         Ok(EncodePool { mode, queue: VecDeque::with_capacity(QUEUE_SLOTS), front: 0, failure: None })
     }
 
+    /// The most messages this pool holds at once, besides event messages
+    /// passed between images: what the pipeline stocks buffers for.
+    pub fn most_messages(&self) -> usize {
+        match &self.mode {
+            Mode::Inline(_) => 1,
+            Mode::Workers(workers) => WAITING_PER_WORKER * workers.threads.len() + 1,
+        }
+    }
+
     /// Encoders running: 1 when inline.
     pub fn workers(&self) -> usize {
         match &self.mode {
@@ -130,7 +146,11 @@ impl EncodePool {
                 // A lent frame is copied into a spare: past the limit of
                 // buffers, the next one back.
                 let lent = matches!(frame, Captured::Lent(_));
-                while workers.in_flight == workers.threads.len() || (lent && spares.must_wait() && workers.in_flight > 0) {
+                let most_waiting = WAITING_PER_WORKER * workers.threads.len();
+                while workers.in_flight == workers.threads.len()
+                    || (lent && spares.must_wait() && workers.in_flight > 0)
+                    || (self.queue.len() >= most_waiting && matches!(self.queue.front(), Some(Slot::Encoding)))
+                {
                     let done = workers.wait()?;
                     settle(&mut self.queue, self.front, workers, spares, &mut self.failure, done);
                 }
@@ -392,7 +412,7 @@ mod tests {
         scene.next_frame_into(&mut owned).unwrap().unwrap();
         let pixels = owned.data.as_ptr();
         pool.encode(&mut Captured::Owned(&mut owned), message(MessageKind::Image, 0), &mut spares).unwrap();
-        assert_eq!(owned.data.capacity(), 0, "the worker has the frame's buffer");
+        assert_eq!(owned.data.heap_capacity(), 0, "the worker has the frame's buffer");
         pool.pass(message(MessageKind::Event, 1));
         // However fast the worker is, the event never overtakes the image.
         let first = pool.next_ready(&mut spares).map(|m| m.kind);

@@ -29,9 +29,14 @@ use crate::motion::{BoundingBox, MotionDetector, MotionEvent, MotionState};
 use crate::stats::{lap, RunStats};
 use crate::status::{NodeStatus, Phase};
 use crate::systemd::{Notifier, Notify};
-use crate::transport::wire::OutHeader;
+use crate::transport::wire::{OutHeader, HEADER_ROOM};
 use crate::transport::{BufferPool, Message, MessageKind, Sender, Shutdown};
 use ring::FrameRing;
+
+/// Messages out at once besides those in the send queue and the encoders:
+/// the one the sender is delivering, one it replays from the spool, and the
+/// event and notice messages queued between images.
+const MESSAGES_IN_HAND: usize = 4;
 
 /// Messages that reach the main loop from outside the camera.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,9 +147,14 @@ impl Pipeline {
     /// for embedding camnode, and for tests that watch frames go by.
     pub fn run_source(config: &Config, mut source: Box<dyn FrameSource>, controls: Receiver<Control>, status: Arc<NodeStatus>) -> Result<RunStats> {
         let (width, height) = source.size();
-        let pool = BufferPool::default();
         let workers = worker_count(config.encode.workers);
         let pre_event = if config.encode.send == SendPolicy::Motion { config.motion.pre_event_frames } else { 0 };
+        let encoder = EncodePool::new(workers, config.encode.format, config.encode.quality)?;
+        let payload_room = payload_room(config.encode.format, width, height);
+        // Every message that can be out at once: a full send queue, those
+        // with the encoders, and those in hand.
+        let most_messages = config.transport.queue + encoder.most_messages() + MESSAGES_IN_HAND;
+        let pool = BufferPool::stocked(most_messages, HEADER_ROOM, payload_room);
         let placeholder = match config.encode.format {
             Format::Jpg => placeholder_jpeg()?,
             Format::Raw => vec![0; 9],
@@ -152,10 +162,10 @@ impl Pipeline {
         let mut pipeline = Pipeline {
             texts: Texts::new(config),
             detector: MotionDetector::new(&config.motion, width, height)?,
-            encoder: EncodePool::new(workers, config.encode.format, config.encode.quality)?,
+            encoder,
             sender: Some(Sender::start(&config.transport, &config.spool, &config.security, pool.clone(), status.clone())?),
             pool,
-            payload_room: payload_room(config.encode.format, width, height),
+            payload_room,
             status,
             placeholder,
             current: FrameBuf::default(),
@@ -188,6 +198,7 @@ impl Pipeline {
         };
         let heartbeat = (self.config.node.heartbeat > 0.0).then(|| Duration::from_secs_f64(self.config.node.heartbeat));
         let flip = if source.flips_in_hardware() { Flip::None } else { self.config.capture.flip };
+        let maps_frames = source.maps_frames();
         let mut next_due = Instant::now();
         let mut last_heartbeat = Instant::now();
         let mut quit = false;
@@ -228,7 +239,7 @@ impl Pipeline {
             let outcome = match source.next_frame_into(&mut current) {
                 Some(Ok(true)) => self
                     .captured(Captured::Owned(&mut current), flip, t0)
-                    .and_then(|()| self.restock(&mut current))
+                    .and_then(|()| if maps_frames { Ok(()) } else { self.restock(&mut current) })
                     .map(|()| true),
                 Some(Ok(false)) => Ok(false),
                 Some(Err(e)) => Err(e.context(format!("capture failed after {} frames", self.stats.frames))),
@@ -466,7 +477,7 @@ impl Pipeline {
 
     /// Gives `slot` a buffer again if a stage kept the frame it held.
     fn restock(&mut self, slot: &mut FrameBuf) -> Result<()> {
-        if slot.data.capacity() == 0 {
+        if slot.data.heap_capacity() == 0 {
             self.spare_ready()?;
             *slot = self.spares.take();
         }

@@ -82,7 +82,7 @@ pub struct Message {
 
 /// Bytes a header buffer gets up front: more than a header with the
 /// detector's most boxes (`motion::MAX_BOXES`) takes.
-const HEADER_ROOM: usize = 1024;
+pub const HEADER_ROOM: usize = 1024;
 
 impl Message {
     /// Builds a message, writing the header JSON into `header` (reused).
