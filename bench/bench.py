@@ -4,7 +4,7 @@ bench/run.sh, which builds what it needs first.
 
 Workloads, each a Y4M file written once under ~/.cache/camnode/bench, so all
 decoding and scaling happens before anything is timed, and copied to RAM
-(/dev/shm) while it is measured, so no run waits for the disk:
+while it is measured, so no run waits for the disk (see in_memory):
 
   (a) a still 1080p scene with sensor noise: vtest's first frame scaled to
       1920x1080, plus fresh Gaussian noise in every frame. Motion detection
@@ -70,8 +70,10 @@ STILL_FRAMES = 300
 # Sensor noise of the still scene, standard deviation in 8-bit steps.
 STILL_NOISE = 2.0
 QUALITY = 90
-# Where workloads are staged while measured (see in_memory).
+# Where workloads are staged while measured without root (see in_memory),
+# and where they were, for the report.
 RAM_DIR = Path("/dev/shm")
+STAGED_IN = set()
 # The slow hub of the memory run replies after this long.
 SLOW_HUB_DELAY = 0.05
 
@@ -197,21 +199,48 @@ def limited(args, path):
 
 
 @contextlib.contextmanager
-def in_memory(path):
-    """The workload in RAM (tmpfs) for as long as it is measured: "decoded
-    before timing" means no run may wait for the disk, and on a VM the
-    page cache is no promise, since the host reclaims idle pages (this
-    machine's kdamond does, between runs). Falls back to the page cache,
-    read once per run, where /dev/shm is missing or too small."""
+def in_memory(path, huge_pages=True):
+    """The workload in RAM for as long as it is measured: "decoded before
+    timing" means no run may wait for the disk, and on a VM the page cache
+    is no promise (the host reclaims idle pages: this machine's kdamond
+    does, between runs). Yields the path to use and what to do before each
+    run.
+
+    The RAM is a tmpfs of its own with huge pages, as root can mount one:
+    the peer's preloaded frames are NumPy arrays, which NumPy puts on huge
+    pages (it madvises every allocation of 4 MB or more), so camnode's
+    frames get the same. Without root, or when RSS is what is measured
+    (`huge_pages` false: a mapped huge page counts whole, 2 MB around each
+    frame camnode holds), /dev/shm with small pages; without room there,
+    the page cache, read once before every run."""
     size = path.stat().st_size
-    if not RAM_DIR.is_dir() or shutil.disk_usage(RAM_DIR).free < 2 * size:
-        log(f"warning: no room in {RAM_DIR} for {path.name}: reading it from the page cache, which the system may evict")
-        yield path, lambda: warm_page_cache(path)
-        return
-    with tempfile.TemporaryDirectory(prefix="camnode-bench-", dir=RAM_DIR) as tmp:
-        copy = Path(tmp) / path.name
-        shutil.copyfile(path, copy)
-        yield copy, lambda: None
+    with tempfile.TemporaryDirectory(prefix="camnode-bench-ram-") as mount_point:
+        mounted = huge_pages and os.geteuid() == 0 and subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"huge=always,size={size // (1 << 20) + 64}m", "camnode-bench", mount_point],
+            stderr=subprocess.DEVNULL).returncode == 0
+        try:
+            if mounted:
+                ram, kind = Path(mount_point), "tmpfs with huge pages"
+            elif RAM_DIR.is_dir() and shutil.disk_usage(RAM_DIR).free > 2 * size:
+                ram, kind = Path(tempfile.mkdtemp(prefix="camnode-bench-", dir=RAM_DIR)), f"{RAM_DIR}, small pages"
+            else:
+                log(f"warning: no RAM to stage {path.name} in: reading it from the page cache, which the system may evict")
+                yield path, lambda: warm_page_cache(path)
+                return
+            copy = ram / path.name
+            shutil.copyfile(path, copy)
+            log(f"{path.name} staged in RAM: {kind}")
+            if huge_pages:
+                STAGED_IN.add(kind)
+            try:
+                yield copy, lambda: None
+            finally:
+                copy.unlink()
+                if not mounted:
+                    ram.rmdir()
+        finally:
+            if mounted:
+                subprocess.run(["umount", mount_point], check=True)
 
 
 def warm_page_cache(path):
@@ -497,7 +526,7 @@ def main():
             raw[key] = {"frames": frames, "source": str(path), "runs": runs}
         if not args.no_memory_run:
             path, _ = limited(args, workloads["b"]["make"]())
-            with in_memory(path) as (ram_path, _):
+            with in_memory(path, huge_pages=False) as (ram_path, _):
                 memory = memory_run(args, workdir, ram_path)
             raw["memory"] = memory
     lines = [
@@ -508,14 +537,16 @@ def main():
         "",
         *targets(results, memory, args.workers),
         "",
-        f"Measured {env}. imagenode is handed its frames preloaded, and its RSS leaves them out; camnode reads "
-        "each frame from the Y4M file as it goes, as a camera would hand it over, and that reading (timed on its "
-        "own by the bare encoder, which reads the same file with camnode's reader) is what the fifth column "
+        f"Measured {env}. imagenode is handed its frames preloaded, and its RSS leaves them out; camnode maps "
+        f"the Y4M file, staged in RAM ({', '.join(sorted(STAGED_IN)) or 'the page cache'}), and takes each frame "
+        "from it as it goes, as a camera would hand it over; the page faults of that reading (timed on their "
+        "own by the bare encoder, which reads the same file with camnode's reader) are what the fifth column "
         "leaves out. On the still scene nothing is encoded; its bare row is what encoding every frame would cost.",
     ]
     if memory:
         lines.append(f"Memory run: (b) with default settings against a hub that replies after {SLOW_HUB_DELAY * 1000:.0f} ms, "
-                     f"so the send queue stays full: {memory['frames']} frames, {memory['dropped']} dropped, "
+                     f"so the send queue stays full, from RAM with small pages (RSS counts only the pages of the frames "
+                     f"camnode holds): {memory['frames']} frames, {memory['dropped']} dropped, "
                      f"{memory['spool']['stored']} spooled, peak RSS {memory['max_rss_kb'] / 1024:.1f} MB.")
     text = "\n".join(lines) + "\n"
     print(text)

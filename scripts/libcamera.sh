@@ -12,12 +12,23 @@
 # pipeline handler (a camera that needs no hardware, used by the tests) and
 # uvcvideo are built, with no IPA modules and none of libcamera's own tools.
 # aarch64 and armv7 are cross-built from the same source with Debian's cross
-# compilers and multiarch libraries, for the Raspberry Pi release builds.
+# compilers, for the Raspberry Pi release builds. Their build dependencies
+# (the "libcamera" lines of scripts/target-dev-packages) come:
+#   aarch64  through dpkg multiarch (libyaml-dev:arm64...);
+#   armv7    from the private armhf sysroot of scripts/sysroot.sh (the same
+#            one cross.sh links camnode against), never through dpkg:
+#            the mirror's armhf security index makes multiarch installs
+#            fail (see scripts/sysroot.sh). The build is installed into that
+#            sysroot, so one PKG_CONFIG_SYSROOT_DIR serves libcamera's .pc
+#            files and its dependencies' (pkg-config prefixes every path but
+#            those already under the sysroot); a new sysroot (a security
+#            update in its packages) gets a new build.
 #
 # Each build lands in $CAMNODE_CACHE/libcamera-VERSION-ARCH (CAMNODE_CACHE
-# defaults to ~/.cache/camnode) and is reused as soon as it has its `.complete`
-# marker. The script prints, on stdout, the shell lines that point cargo at
-# the build; the same lines are kept in the prefix's env.sh:
+# defaults to ~/.cache/camnode), for armv7 in SYSROOT/opt/libcamera-VERSION,
+# and is reused as soon as it has its `.complete` marker. The script prints,
+# on stdout, the shell lines that point cargo at the build; the same lines
+# are kept in the prefix's env.sh:
 #
 #   eval "$(scripts/libcamera.sh host)"
 #
@@ -30,6 +41,7 @@
 set -euo pipefail
 
 target=${1:-host}
+scripts=$(cd "$(dirname "$0")" && pwd)
 cache=${CAMNODE_CACHE:-$HOME/.cache/camnode}
 suites=${LIBCAMERA_SUITES:-sid forky trixie-backports trixie}
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
@@ -110,14 +122,21 @@ target_runtime_libs=(libyaml-0-2 libudev1 libyuv0 libssl3)
 crate_tools=(pkgconf libclang-dev clang)
 # What meson needs to build it. meson, ninja and the code generators run on
 # the build machine; the -dev libraries are for the target architecture.
-# libcamera links libcrypto when it finds it (to check IPA module
-# signatures); libssl-dev makes that lookup succeed the same way for every
-# target instead of failing half-way for a cross one.
 build_tools=(meson ninja-build pkgconf g++ python3-ply python3-jinja2 python3-yaml xz-utils)
-target_dev_libs=(libyaml-dev libudev-dev libyuv-dev libssl-dev)
+mapfile -t target_dev_libs < <(awk '!/^#/ && $2 == "libcamera" { print $1 }' "$scripts/target-dev-packages")
 
-if [ -n "$triple" ]; then
-    if ! dpkg --print-foreign-architectures | grep -qx "$deb_arch"; then
+# armv7: the private sysroot holds the -dev libraries and their runtime
+# libraries (for the qemu runs); dpkg installs only tools for the host.
+sysroot=
+if [ "$target" = armv7 ]; then
+    sysroot=$("$scripts/sysroot.sh" armhf)
+    crate_tools+=("gcc-$triple" "g++-$triple" "libc6-dev-$deb_arch-cross")
+    target_runtime_libs=()
+    target_dev_libs=()
+elif [ -n "$triple" ]; then
+    # Not `| grep -q`: with pipefail, grep quitting at the first match can
+    # fail the pipe (dpkg killed by SIGPIPE) and send this into the branch.
+    if ! grep -qx "$deb_arch" <<<"$(dpkg --print-foreign-architectures)"; then
         log "dpkg --add-architecture $deb_arch"
         dpkg --add-architecture "$deb_arch"
         # The new architecture's package lists must be fetched even when
@@ -158,7 +177,11 @@ newest_cached() {
 
 version=${LIBCAMERA_VERSION:-}
 if [ -z "$version" ]; then
-    version=$(newest_cached "$cache/libcamera-*-$arch" "-$arch")
+    if [ -n "$sysroot" ]; then
+        version=$(newest_cached "$sysroot/opt/libcamera-*" "")
+    else
+        version=$(newest_cached "$cache/libcamera-*-$arch" "-$arch")
+    fi
 fi
 if [ -z "$version" ]; then
     version=$(newest_cached "$cache/src/libcamera-*" "")
@@ -175,22 +198,31 @@ export PKG_CONFIG_PATH='$prefix/lib/pkgconfig'\${PKG_CONFIG_PATH:+:\$PKG_CONFIG_
 export LD_LIBRARY_PATH='$prefix/lib'\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}
 EOF
     else
-        local t=${rust_target//-/_}
+        local t=${rust_target//-/_} pc_dirs="/usr/lib/$triple/pkgconfig:/usr/share/pkgconfig"
         # Per-target variables, so that host builds in the same shell are
         # unaffected. pkg-config must see only the target's .pc files: this
-        # build's, then the multiarch ones of its dependencies. (The cross
-        # compilers and linker are named in .cargo/config.toml.)
+        # build's, then those of its dependencies: multiarch's, or the
+        # sysroot's, whose paths pkg-config then moves under the sysroot.
+        # (The cross compilers and linker are named in .cargo/config.toml.)
+        [ -z "$sysroot" ] || pc_dirs="$sysroot/usr/lib/$triple/pkgconfig:$sysroot/usr/share/pkgconfig"
         cat >"$env_file" <<EOF
 export LIBCAMERA_PREFIX_$t='$prefix'
 export PKG_CONFIG_ALLOW_CROSS=1
 export PKG_CONFIG_PATH_$t='$prefix/lib/pkgconfig'
-export PKG_CONFIG_LIBDIR_$t='/usr/lib/$triple/pkgconfig:/usr/share/pkgconfig'
+export PKG_CONFIG_LIBDIR_$t='$pc_dirs'
 EOF
+        [ -z "$sysroot" ] || echo "export PKG_CONFIG_SYSROOT_DIR_$t='$sysroot'" >>"$env_file"
     fi
     cat "$env_file"
 }
 
-prefix_of() { echo "$cache/libcamera-$1-$arch"; }
+prefix_of() {
+    if [ -n "$sysroot" ]; then
+        echo "$sysroot/opt/libcamera-$1"
+    else
+        echo "$cache/libcamera-$1-$arch"
+    fi
+}
 
 if [ -n "$version" ] && [ -f "$(prefix_of "$version")/.complete" ]; then
     log "using cached $(prefix_of "$version")"
@@ -286,6 +318,7 @@ build=$cache/build/libcamera-$version-$arch
 rm -rf "$build" "$prefix"
 mkdir -p "$build"
 
+# shellcheck disable=SC2054 # the comma is meson's list syntax (-Dpipelines)
 meson_args=(
     --prefix="$prefix"
     --libdir=lib
@@ -300,6 +333,30 @@ for opt in cam qcam gstreamer v4l2 lc-compliance pycamera documentation tracing 
     [ -n "$arg" ] && meson_args+=("$arg")
 done
 
+pc_config="pkg_config_libdir = ['/usr/lib/$triple/pkgconfig', '/usr/share/pkgconfig']"
+if [ -n "$sysroot" ]; then
+    # The sysroot's libraries: pkg-config reads their .pc files with every
+    # path moved under the sysroot (sys_root sets PKG_CONFIG_SYSROOT_DIR);
+    # headers without a .pc (libyuv's) are searched after the toolchain's
+    # own (-idirafter: the sysroot has no libc headers to shadow glibc's),
+    # and -rpath-link finds the libraries those libraries need. The
+    # compiler keeps the toolchain's sysroot (--sysroot would lose glibc).
+    compile_args='' link_args=''
+    for dir in "$sysroot/usr/include/$triple" "$sysroot/usr/include"; do
+        compile_args+="'-idirafter', '$dir', "
+    done
+    for dir in "$sysroot/usr/lib/$triple" "$sysroot/lib/$triple"; do
+        link_args+="'-L$dir', '-Wl,-rpath-link,$dir', "
+    done
+    pc_config="sys_root = '$sysroot'
+pkg_config_libdir = ['$sysroot/usr/lib/$triple/pkgconfig', '$sysroot/usr/share/pkgconfig']
+
+[built-in options]
+c_args = [${compile_args%, }]
+cpp_args = [${compile_args%, }]
+c_link_args = [${link_args%, }]
+cpp_link_args = [${link_args%, }]"
+fi
 if [ -n "$triple" ]; then
     cat >"$build/cross.ini" <<EOF
 [binaries]
@@ -310,7 +367,7 @@ strip = '$triple-strip'
 pkgconfig = 'pkg-config'
 
 [properties]
-pkg_config_libdir = ['/usr/lib/$triple/pkgconfig', '/usr/share/pkgconfig']
+$pc_config
 
 [host_machine]
 system = 'linux'

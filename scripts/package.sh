@@ -14,14 +14,14 @@
 #   - Depends names a package for every shared library the binary links;
 #   - systemd-analyze verify on the unit as installed by the package (any
 #     warning fails), and its sandbox exposure score;
-#   - for arm64, a real installation: apt installs the package into a Debian
-#     bookworm arm64 root (made once with mmdebstrap and cached; its ARM
-#     programs run through qemu-user via binfmt_misc), which resolves the
-#     Depends from Debian's archive and runs the maintainer scripts; then the
-#     camnode user, groups, state directory and enabled unit are checked, the
-#     installed binary sends frames from inside the root to an x86 hub on
-#     loopback, a reinstall keeps a locally edited config, and a purge
-#     removes the state;
+#   - a real installation: apt installs the package into a Debian bookworm
+#     root of the package's architecture (arm64 or armhf, made once with
+#     mmdebstrap and cached; its ARM programs run through qemu-user via
+#     binfmt_misc), which resolves the Depends from Debian's archive and
+#     runs the maintainer scripts; then the camnode user, groups, state
+#     directory and enabled unit are checked, the installed binary sends
+#     frames from inside the root to an x86 hub on loopback, a reinstall
+#     keeps a locally edited config, and a purge removes the state;
 # then, once for the tree:
 #   - Cross.toml parses, names Dockerfiles and contexts that exist, and the
 #     Dockerfiles' shell steps parse (Docker itself is not available here:
@@ -31,8 +31,9 @@
 #     that refuse connections on loopback reports one failure line per host
 #     without stopping at the first.
 #
-# Settings: DEB_DIR as above; CARGO_TARGET_DIR, CAMNODE_FEATURES and
-# CAMNODE_HOST_BIN as for scripts/cross.sh.
+# Settings: DEB_DIR as above; DEBIAN_MIRROR, the armhf root's mirror
+# (default http://deb.debian.org/debian); CARGO_TARGET_DIR, CAMNODE_FEATURES
+# and CAMNODE_HOST_BIN as for scripts/cross.sh.
 set -euo pipefail
 # Functions whose output is captured ($(...)) stop at their first failure
 # too, rather than carrying on with errexit off.
@@ -48,9 +49,7 @@ cargo_deb=$cache/bin/cargo-deb
 # systemd-analyze security's exposure, in tenths: 0 is fully locked down,
 # 100 unrestricted; the unit scores about 17.
 max_exposure=20
-# The installation test's root file system; the suffix changes whenever the
-# way it is made changes, so a stale cache is never reused.
-rootfs=$cache/rootfs-bookworm-arm64-1.tar
+mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(aarch64 armv7)
@@ -118,7 +117,7 @@ needed_libs() {
 # outside the command substitutions the functions below run in.
 armhf_root=
 armhf_sysroot() {
-    [ -n "$armhf_root" ] || armhf_root=$(scripts/sysroot.sh armhf libzmq3-dev)
+    [ -n "$armhf_root" ] || armhf_root=$(scripts/sysroot.sh armhf)
 }
 
 # The package that ships the library $1 of the target (empty if none does):
@@ -142,26 +141,30 @@ libcamera_package() {
     echo "libcamera${soname##*.so.}"
 }
 
-# Depends for the binary of target $1: what dpkg-shlibdeps derives from the
-# libraries' symbol files (with minimum versions), plus the libcamera
-# package, which dpkg-shlibdeps cannot know when libcamera was built from
-# source by scripts/libcamera.sh, plus adduser for the postinst.
-package_depends() {
-    local bin=$2 search=() extra=() soname dir info out
+# The prefix of the libcamera build scripts/libcamera.sh made for target $1.
+libcamera_prefix() {
+    eval "$(scripts/libcamera.sh "$1")"
+    local var=LIBCAMERA_PREFIX_${rust//-/_}
+    echo "${!var}"
+}
+
+# What dpkg-shlibdeps derives from the symbols files of the libraries that
+# the target's ELF files link (${shlibs:Depends}, with minimum versions):
+#   shlib_depends [-lLIBDIR...] FILE...
+# -l adds a directory to search for libraries built outside dpkg (a library
+# no package owns counts as one being built, and needs no Depends).
+shlib_depends() {
+    local search=() files=() arg dir info soname file out
+    for arg; do
+        case $arg in
+        -l*) search+=("$arg") ;;
+        *) files+=("$(realpath "$arg")") ;;
+        esac
+    done
     dir=$(mktemp -d)
     mkdir "$dir/debian"
     : >"$dir/debian/control"
-    for soname in $(needed_libs "$bin"); do
-        case $soname in
-        libcamera.so.*)
-            eval "$(scripts/libcamera.sh "$1")"
-            local var=LIBCAMERA_PREFIX_${rust//-/_}
-            search+=("-l${!var}/lib")
-            extra+=("$(libcamera_package "$soname")")
-            ;;
-        esac
-    done
-    if [ "$1" = armv7 ]; then
+    if [ "$deb" = armhf ]; then
         # The libraries come from the private sysroot, which dpkg's database
         # does not know. dpkg-shlibdeps takes a library no installed package
         # owns for one being built, and reads the symbols files of the
@@ -179,15 +182,34 @@ package_depends() {
         # unowned, so their Depends too come from the symbols files of the
         # sysroot's libc6 and libgcc-s1, as on a Pi.
         mkdir "$dir/toolchain"
-        for soname in $(needed_libs "$bin"); do
-            [ -n "$(library_owner "$soname")" ] || [ ! -e "/usr/$gnu/lib/$soname" ] ||
-                cp -L "/usr/$gnu/lib/$soname" "$dir/toolchain/"
+        for file in "${files[@]}"; do
+            for soname in $(needed_libs "$file"); do
+                [ -n "$(library_owner "$soname")" ] || [ ! -e "/usr/$gnu/lib/$soname" ] ||
+                    cp -L "/usr/$gnu/lib/$soname" "$dir/toolchain/"
+            done
         done
     fi
-    out=$(cd "$dir" && DEB_HOST_ARCH=$deb dpkg-shlibdeps --ignore-missing-info "${search[@]}" -O "$bin" 2>"$dir/log") ||
-        { cat "$dir/log" >&2; die "dpkg-shlibdeps failed on $bin"; }
+    out=$(cd "$dir" && DEB_HOST_ARCH=$deb dpkg-shlibdeps --ignore-missing-info "${search[@]}" -O "${files[@]}" 2>"$dir/log") ||
+        { cat "$dir/log" >&2; die "dpkg-shlibdeps failed on ${files[*]}"; }
     rm -rf "$dir"
-    out=$(sed -n 's/^shlibs:Depends=//p' <<<"$out")
+    sed -n 's/^shlibs:Depends=//p' <<<"$out"
+}
+
+# Depends for the binary of target $1: what dpkg-shlibdeps derives from the
+# libraries' symbol files (with minimum versions), plus the libcamera
+# package, which dpkg-shlibdeps cannot know when libcamera was built from
+# source by scripts/libcamera.sh, plus adduser for the postinst.
+package_depends() {
+    local bin=$2 search=() extra=() soname out
+    for soname in $(needed_libs "$bin"); do
+        case $soname in
+        libcamera.so.*)
+            search+=("-l$(libcamera_prefix "$1")/lib")
+            extra+=("$(libcamera_package "$soname")")
+            ;;
+        esac
+    done
+    out=$(shlib_depends "${search[@]}" "$bin")
     [ -n "$out" ] || die "dpkg-shlibdeps found no dependencies for $bin"
     echo "adduser, $out${extra[*]:+, ${extra[*]}}"
 }
@@ -290,17 +312,31 @@ verify_unit() {
         tail -1 >&2 || die "camnode.service's exposure is above $max_exposure (tenths); see systemd-analyze security"
 }
 
-# --- installation into a Debian arm64 root ---------------------------------------
+# --- installation into a Debian root of the package's architecture ----------------
 
-# A minimal bookworm arm64 root (essential packages, apt and adduser; libzmq5
-# and the rest of Depends come from the archive at install time), made once.
+# A minimal bookworm root for $deb (essential packages, apt and adduser;
+# libzmq5 and the rest of Depends come from the archive at install time),
+# made once. Its path is in `rootfs`; the suffix changes whenever the way it
+# is made changes, so a stale cache is never reused.
 ensure_rootfs() {
+    rootfs=$cache/rootfs-bookworm-$deb-1.tar
     [ -f "$rootfs" ] && return
+    local sources=()
+    # armhf: bookworm and bookworm-updates only. mmdebstrap adds
+    # bookworm-security for a stable suite, and Debian's mirror serves a
+    # bookworm-security armhf index that does not match its Release file
+    # (the same lag that rules out multiarch, see scripts/sysroot.sh), so
+    # apt-get update, and mmdebstrap with it, fails. Without it the root
+    # still has every package the test installs, at the point release's
+    # versions.
+    [ "$deb" != armhf ] || sources=("deb $mirror bookworm main" "deb $mirror bookworm-updates main")
     log "making $rootfs with mmdebstrap (once; minutes under qemu)"
     local start=$SECONDS
-    mmdebstrap --quiet --mode=root --variant=apt --architectures=arm64 --include=adduser bookworm "$rootfs.part" >&2
+    # --format: the output's name, ending in .part, does not say tar.
+    mmdebstrap --quiet --mode=root --format=tar --variant=apt --architectures="$deb" --include=adduser bookworm "$rootfs.part" \
+        "${sources[@]}" >&2
     mv "$rootfs.part" "$rootfs"
-    log "root file system made in $((SECONDS - start)) s"
+    log "root file system for $deb made in $((SECONDS - start)) s"
 }
 
 # Debian bookworm ships libcamera 0.0.3 only; Raspberry Pi OS gets its
@@ -309,21 +345,20 @@ ensure_rootfs() {
 # package the Depends names is made here from the very libcamera build the
 # binary was linked against (scripts/libcamera.sh), with its own Depends
 # from dpkg-shlibdeps, and installed alongside. Prints its path in the root.
+#   libcamera_stand_in TARGET NAME ROOT
 libcamera_stand_in() {
-    local name=$1 root=$2 prefix dir version depends
-    eval "$(scripts/libcamera.sh aarch64)"
-    # shellcheck disable=SC2154 # set by the eval above
-    prefix=$LIBCAMERA_PREFIX_aarch64_unknown_linux_gnu
+    local target=$1 name=$2 root=$3 prefix dir version depends
+    prefix=$(libcamera_prefix "$target")
     version=$(find "$prefix/lib" -name 'libcamera.so.*.*.*' -printf '%f\n' | sed 's/libcamera\.so\.//')
     log "install test: $name is not in Debian bookworm (a Pi gets it from archive.raspberrypi.com);" \
         "installing one made from $prefix instead"
     dir=$(mktemp -d)
-    mkdir -p "$dir/pkg/DEBIAN" "$dir/pkg/usr/lib/aarch64-linux-gnu" "$dir/debian"
-    cp -a "$prefix"/lib/libcamera*.so.* "$dir/pkg/usr/lib/aarch64-linux-gnu/"
-    : >"$dir/debian/control"
-    depends=$(cd "$dir" && DEB_HOST_ARCH=arm64 dpkg-shlibdeps --ignore-missing-info -l"$prefix/lib" -O \
-        pkg/usr/lib/aarch64-linux-gnu/libcamera*.so.*.*.* 2>/dev/null | sed -n 's/^shlibs:Depends=//p')
-    printf '%s\n' "Package: $name" "Version: $version-0camnode1" "Architecture: arm64" \
+    mkdir -p "$dir/pkg/DEBIAN" "$dir/pkg/usr/lib/$gnu"
+    cp -a "$prefix"/lib/libcamera*.so.* "$dir/pkg/usr/lib/$gnu/"
+    depends=$(shlib_depends "-l$prefix/lib" "$dir"/pkg/usr/lib/"$gnu"/libcamera*.so.*.*.*)
+    [ -n "$depends" ] || die "dpkg-shlibdeps found no dependencies for $prefix/lib/libcamera*"
+    log "install test: $name Depends: $depends"
+    printf '%s\n' "Package: $name" "Version: $version-0camnode1" "Architecture: $deb" \
         "Maintainer: camnode developers <camnode@localhost>" "Depends: $depends" \
         "Description: libcamera $version as built by camnode's scripts/libcamera.sh (install test only)" \
         >"$dir/pkg/DEBIAN/control"
@@ -332,24 +367,25 @@ libcamera_stand_in() {
     echo "/tmp/$name.deb"
 }
 
+#   install_test TARGET PACKAGE
 install_test() {
-    local pkg=$1 root start=$SECONDS
+    local target=$1 pkg=$2 root start=$SECONDS
     ensure_rootfs
     root=$(mktemp -d)
     tar -xf "$rootfs" -C "$root"
     cp /etc/resolv.conf "$root/etc/resolv.conf"
     cp "$pkg" "$root/tmp/"
     local in=(chroot "$root" /usr/bin/env DEBIAN_FRONTEND=noninteractive)
-    local deb=/tmp/${pkg##*/}
+    local pkg_in_root=/tmp/${pkg##*/}
     "${in[@]}" apt-get update -qq >&2 || log "apt-get update in the root reported errors; installing anyway"
-    local debs=("$deb") libcamera
+    local debs=("$pkg_in_root") libcamera
     libcamera=$(dpkg-deb --field "$pkg" Depends | grep -o 'libcamera0\.[0-9]*' || true)
     if [ -n "$libcamera" ] && ! chroot "$root" apt-cache show "$libcamera" >/dev/null 2>&1; then
-        debs+=("$(libcamera_stand_in "$libcamera" "$root")")
+        debs+=("$(libcamera_stand_in "$target" "$libcamera" "$root")")
     fi
-    log "install test: apt-get install ${debs[*]} in a bookworm arm64 root"
+    log "install test: apt-get install ${debs[*]} in a bookworm $deb root"
     "${in[@]}" apt-get install -y -qq "${debs[@]}" >"$root/install.log" 2>&1 ||
-        { cat "$root/install.log" >&2; die "installing $pkg on Debian bookworm arm64 failed"; }
+        { cat "$root/install.log" >&2; die "installing $pkg on Debian bookworm $deb failed"; }
 
     local groups
     groups=$(chroot "$root" id -nG camnode) || die "postinst created no camnode user"
@@ -362,7 +398,7 @@ install_test() {
         die "the package did not enable camnode.service"
     local version
     version=$(chroot "$root" /usr/bin/camnode --version) || die "the installed camnode does not run"
-    log "install test: $version runs with Debian's arm64 libraries; user, groups, state directory and unit are in place"
+    log "install test: $version runs with Debian's $deb libraries; user, groups, state directory and unit are in place"
 
     # The installed binary, against the distribution's libzmq5 rather than
     # the build's, sends to an x86 hub (the root shares this machine's
@@ -389,7 +425,7 @@ install_test() {
     # Upgrade path: a local edit of the conffile survives a reinstall that
     # keeps old conffiles (as fleet.sh installs), and postinst is idempotent.
     echo "# edited on this Pi" >>"$root/etc/camnode/camnode.toml"
-    "${in[@]}" apt-get install -y -qq --reinstall -o Dpkg::Options::=--force-confold "$deb" >"$root/install.log" 2>&1 ||
+    "${in[@]}" apt-get install -y -qq --reinstall -o Dpkg::Options::=--force-confold "$pkg_in_root" >"$root/install.log" 2>&1 ||
         { cat "$root/install.log" >&2; die "reinstalling $pkg failed"; }
     grep -q '^# edited on this Pi$' "$root/etc/camnode/camnode.toml" || die "a reinstall overwrote the edited config"
 
@@ -444,8 +480,9 @@ EOF
 }
 
 check_fleet() {
-    shellcheck deploy/fleet.sh scripts/cross.sh scripts/package.sh deploy/debian/postinst deploy/debian/postrm
-    log "shellcheck: fleet.sh, cross.sh, package.sh and the maintainer scripts are clean"
+    shellcheck deploy/fleet.sh scripts/cross.sh scripts/package.sh scripts/sysroot.sh scripts/libcamera.sh \
+        deploy/debian/postinst deploy/debian/postrm
+    log "shellcheck: fleet.sh, cross.sh, package.sh, sysroot.sh, libcamera.sh and the maintainer scripts are clean"
 
     local dir plan hosts hosts_file=deploy/hosts.example
     dir=$(mktemp -d)
@@ -494,7 +531,7 @@ for t in "${targets[@]}"; do
     package "$t"
     packaged_arches+=("$deb")
     packaged_files+=("${packaged##*/}")
-    [ "$t" != aarch64 ] || install_test "$packaged"
+    install_test "$t" "$packaged"
 done
 check_cross_toml
 check_fleet

@@ -2,7 +2,11 @@
 # A private sysroot of Debian bookworm -dev packages for one foreign
 # architecture, for cross builds that cannot take them through dpkg multiarch.
 #
-#   scripts/sysroot.sh DEB_ARCH PACKAGE...
+#   scripts/sysroot.sh DEB_ARCH [PACKAGE...]
+#
+# Without PACKAGEs: every package of scripts/target-dev-packages, the one
+# list of what camnode's and libcamera's cross builds link against, so that
+# every script asking for the armhf sysroot gets the same one.
 #
 # Multiarch installs need every `Multi-Arch: same` library at the same version
 # for the host and the foreign architecture. When the mirror serves a foreign
@@ -20,6 +24,9 @@
 # update of any package in the closure gives a new sysroot and an unchanged
 # closure reuses the old one (it is complete once `.complete` names the
 # current layout).
+#
+# scripts/libcamera.sh armv7 builds libcamera against the sysroot and
+# installs it into it, under opt/libcamera-VERSION.
 #
 # What dpkg would have recorded, had it installed them, is kept for every
 # package of the closure under `.deb-info/`: PACKAGE/ is the package's
@@ -40,10 +47,13 @@
 #   DEBIAN_MIRROR   default: http://deb.debian.org/debian
 set -euo pipefail
 
-[ $# -ge 2 ] || { echo "usage: $0 DEB_ARCH PACKAGE..." >&2; exit 2; }
+[ $# -ge 1 ] || { echo "usage: $0 DEB_ARCH [PACKAGE...]" >&2; exit 2; }
 arch=$1
 shift
 packages=("$@")
+if [ ${#packages[@]} -eq 0 ]; then
+    mapfile -t packages < <(awk '!/^#/ && NF { print $1 }' "$(dirname "$0")/target-dev-packages")
+fi
 cache=${CAMNODE_CACHE:-$HOME/.cache/camnode}
 suites=${SYSROOT_SUITES:-bookworm bookworm-updates bookworm-security}
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}

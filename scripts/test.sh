@@ -6,8 +6,9 @@
 #      Python venv with the real imagezmq, pyzmq and OpenCV;
 #   2. the whole Rust suite (unit, interop, faults, CURVE, GPIO, systemd);
 #   3. the Pi features: libcamera end to end on the virtual camera, GPIO;
-#   4. cross builds for aarch64 and armv7, the suite under qemu-aarch64, smoke
-#      runs of both ARM binaries, and the Debian packages with their checks.
+#   4. cross builds for aarch64 and armv7, the suite under qemu-aarch64 (for
+#      armv7 the libcamera tests), smoke runs of both ARM binaries, and the
+#      Debian packages with their checks and installation tests.
 # CAMNODE_SKIP_CROSS=1 stops after step 3 (for quick local runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
