@@ -49,8 +49,9 @@ impl Y4mReader {
         });
         let (header, input) = match mapped {
             Some(Ok(map)) => {
-                // Read ahead of the frames, and let pages behind them go first.
-                let _ = map.advise(Advice::Random);
+                // Frames are taken in order: let the kernel read ahead of
+                // them from a file on disk. Only a hint, so a refusal is no error.
+                let _ = map.advise(Advice::Sequential);
                 let header_end = map.iter().position(|&b| b == b'\n').unwrap_or(map.len());
                 let header = String::from_utf8_lossy(&map[..header_end]).into_owned();
                 (header, Input::Mapped { next: (header_end + 1).min(map.len()), map: Arc::new(map) })
