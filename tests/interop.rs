@@ -116,9 +116,18 @@ fn imagezmq_hub_receives_raw_arrays_with_dtype_and_shape() {
     let out = dir.path().join("summary.json");
     let (mut hub, lines) = python_hub(&["--mode", "req", "--port", "0", "--format", "raw"], &out);
     let endpoint = expect_line(&lines, "READY", LIMIT).split_whitespace().nth(1).unwrap().replace("0.0.0.0", "127.0.0.1");
+    // Raw frames cost next to nothing to make, so at --rate max the node
+    // outruns a slow hub (under qemu) and a full queue drops images: room
+    // for the whole run keeps this test about the format.
+    let config = dir.path().join("camnode.toml");
+    std::fs::write(&config, "[transport]\nqueue = 64\n").unwrap();
     let node = run_to_end(
         "camnode run",
-        camnode().args(["run", "--source", "synthetic:160x120", "--rate", "max", "--frames", "20", "--send", "all", "--format", "raw"]).args(["--hub", &endpoint]),
+        camnode()
+            .args(["run", "--source", "synthetic:160x120", "--rate", "max", "--frames", "20", "--send", "all", "--format", "raw"])
+            .args(["--hub", &endpoint])
+            .arg("--config")
+            .arg(&config),
         LIMIT,
     );
     assert!(node.status.success(), "{}", String::from_utf8_lossy(&node.stderr));
