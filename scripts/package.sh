@@ -117,7 +117,10 @@ needed_libs() {
 # outside the command substitutions the functions below run in.
 armhf_root=
 armhf_sysroot() {
-    [ -n "$armhf_root" ] || armhf_root=$(scripts/sysroot.sh armhf)
+    [ -n "$armhf_root" ] || armhf_root=${CAMNODE_ARMHF_SYSROOT:-$(scripts/sysroot.sh armhf)}
+    # Resolved once per run: the scripts this one starts (libcamera.sh,
+    # cross.sh) take it from here instead of updating apt's lists again.
+    export CAMNODE_ARMHF_SYSROOT=$armhf_root
 }
 
 # The package that ships the library $1 of the target (empty if none does):
