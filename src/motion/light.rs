@@ -50,6 +50,8 @@ pub(super) struct Relight {
     /// Gain of each block, then of each cell.
     block_gain: [f32; BLOCK_COLS * BLOCK_ROWS],
     gain: Vec<f32>,
+    /// Each row of blocks interpolated across the grid's columns.
+    across: Vec<f32>,
     /// For each grid column (row): the left (top) block of its interpolation
     /// pair and the weight of the right (bottom) one, beyond 0..1 at the edges.
     cols: Vec<(usize, f32)>,
@@ -86,6 +88,7 @@ impl Relight {
             tone: [0.0; 256],
             block_gain: [1.0; BLOCK_COLS * BLOCK_ROWS],
             gain: vec![1.0; width * height],
+            across: vec![1.0; width * BLOCK_ROWS],
             cols: axis(width, BLOCK_COLS),
             rows: axis(height, BLOCK_ROWS),
             block_of,
@@ -112,9 +115,14 @@ impl Relight {
     /// it would look in the current frame's light.
     #[inline]
     pub fn relit(&self, i: usize, value: f32) -> f32 {
-        let toned = value + self.tone[value.clamp(0.0, 255.0) as usize];
+        self.relit_with_gain(value, self.gain[i])
+    }
+
+    #[inline]
+    fn relit_with_gain(&self, value: f32, gain: f32) -> f32 {
+        let toned = value + self.tone[tone_index(value)];
         // The sensor saturates: no light makes a level brighter than white.
-        ((toned + RATIO_BIAS) * self.gain[i] - RATIO_BIAS).clamp(0.0, 255.0)
+        ((toned + RATIO_BIAS) * gain - RATIO_BIAS).clamp(0.0, 255.0)
     }
 
     /// The cells the light is measured on: every other cell of every other row.
@@ -124,8 +132,8 @@ impl Relight {
 
     /// Relights a whole grid in place.
     pub fn apply(&self, grid: &mut [f32]) {
-        for (i, v) in grid.iter_mut().enumerate() {
-            *v = self.relit(i, *v);
+        for (v, &gain) in grid.iter_mut().zip(&self.gain) {
+            *v = self.relit_with_gain(*v, gain);
         }
     }
 
@@ -170,7 +178,7 @@ impl Relight {
         let scale = RATIO_BUCKETS as f32 / (RATIO_MAX - RATIO_MIN);
         for &i in &self.used {
             let (i, l, b) = (i as usize, luma[i as usize], background[i as usize]);
-            let toned = b + self.tone[b.clamp(0.0, 255.0) as usize];
+            let toned = b + self.tone[tone_index(b)];
             let ratio = (l + RATIO_BIAS) / (toned + RATIO_BIAS).max(1.0);
             let bucket = ((ratio - RATIO_MIN) * scale).clamp(0.0, (RATIO_BUCKETS - 1) as f32) as usize;
             self.ratio_hist[self.block_of[i] as usize * RATIO_BUCKETS + bucket] += 1;
@@ -180,13 +188,19 @@ impl Relight {
             // A block without enough cells (masked out) keeps the tone curve alone.
             *gain = if hist.iter().sum::<u32>() >= MIN_SAMPLES { RATIO_MIN + median(hist) / scale } else { 1.0 };
         }
+        // Across first: each row of blocks interpolated at every grid column,
+        // then down between two of those for every grid row.
         let g = &self.block_gain;
-        for (y, &(top, wy)) in self.rows.iter().enumerate() {
-            let row = &mut self.gain[y * self.width..(y + 1) * self.width];
-            for (out, &(left, wx)) in row.iter_mut().zip(&self.cols) {
-                let at = |by: usize, bx: usize| g[by * BLOCK_COLS + bx];
-                let upper = at(top, left) + wx * (at(top, left + 1) - at(top, left));
-                let lower = at(top + 1, left) + wx * (at(top + 1, left + 1) - at(top + 1, left));
+        for (by, across) in self.across.chunks_exact_mut(self.width).enumerate() {
+            let at = |bx: usize| g[by * BLOCK_COLS + bx];
+            for (out, &(left, wx)) in across.iter_mut().zip(&self.cols) {
+                *out = at(left) + wx * (at(left + 1) - at(left));
+            }
+        }
+        for (row, &(top, wy)) in self.gain.chunks_exact_mut(self.width).zip(&self.rows) {
+            let upper_row = &self.across[top * self.width..(top + 1) * self.width];
+            let lower_row = &self.across[(top + 1) * self.width..(top + 2) * self.width];
+            for ((out, &upper), &lower) in row.iter_mut().zip(upper_row).zip(lower_row) {
                 // Extrapolation can overshoot on a noisy edge block; no real
                 // light field goes negative or multiplies by more than 4.
                 *out = (upper + wy * (lower - upper)).clamp(0.25, 4.0);
@@ -194,6 +208,13 @@ impl Relight {
         }
         debug_assert_eq!(self.gain.len(), self.width * self.height);
     }
+}
+
+/// The tone curve's entry for a level: levels are clamped to 0..=255 and
+/// truncated, and a u8 index needs no bounds check into the 256 entries.
+#[inline]
+fn tone_index(value: f32) -> usize {
+    value.clamp(0.0, 255.0) as u8 as usize
 }
 
 /// The median position in a histogram, in bucket units, interpolated inside

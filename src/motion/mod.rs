@@ -335,11 +335,16 @@ impl MotionDetector {
             *t = base.max(FLICKER_FACTOR * flicker.sqrt()) * toggling;
         }
         let mut changed = 0;
-        for i in 0..self.residual.len() {
-            let t = self.threshold[i];
-            let r = self.residual[i];
+        // Every per-cell slice cut to one length, so the loop needs no bounds checks.
+        let n = self.residual.len();
+        let (residual, threshold, watched) = (&self.residual[..n], &self.threshold[..n], &self.watched[..n]);
+        let [newest, older] = &self.past_residuals;
+        let (newest, older, last_flags, cell_flags) = (&newest[..n], &older[..n], &self.last_flags[..n], &mut self.cell_flags[..n]);
+        for i in 0..n {
+            let t = threshold[i];
+            let r = residual[i];
             let mut f = 0;
-            if self.watched[i] && r.abs() > t {
+            if watched[i] && r.abs() > t {
                 changed += 1;
                 f = flags::CHANGED;
                 if r > 0.0 {
@@ -348,15 +353,15 @@ impl MotionDetector {
                 if r.abs() > SEED_FACTOR * t {
                     f |= flags::SEED;
                 }
-                if (r - self.past_residuals[0][i]).abs() > t || (r - self.past_residuals[1][i]).abs() > t {
+                if (r - newest[i]).abs() > t || (r - older[i]).abs() > t {
                     f |= flags::MOVING;
                 }
-                let last = self.last_flags[i];
+                let last = last_flags[i];
                 if last & flags::CHANGED != 0 && (last ^ f) & flags::BRIGHTER == 0 {
                     f |= flags::STEADY;
                 }
             }
-            self.cell_flags[i] = f;
+            cell_flags[i] = f;
         }
         changed as f32 > self.config.light_reset_percent / 100.0 * self.watched_cells as f32
     }
@@ -365,31 +370,36 @@ impl MotionDetector {
     fn learn(&mut self) {
         let alpha = self.config.background_alpha;
         let noise_var = self.noise * self.noise;
-        let luma = &self.grid.cells;
-        for i in 0..luma.len() {
+        // Every per-cell slice cut to one length, so the loop needs no bounds checks.
+        let n = self.grid.cells.len();
+        let (residual, background) = (&self.residual[..n], &mut self.background[..n]);
+        let [newest, older] = &mut self.past_residuals;
+        let (newest, older) = (&mut newest[..n], &mut older[..n]);
+        let (cell_flags, last_flags) = (&self.cell_flags[..n], &self.last_flags[..n]);
+        let (toggles, flicker) = (&mut self.toggles[..n], &mut self.flicker[..n]);
+        for i in 0..n {
             let verdict = self.blobs.verdict_at(i);
             let on_object = matches!(verdict, Some(Verdict::Candidate | Verdict::Accepted));
             let rate = if on_object { alpha * OBJECT_ALPHA_SHARE } else { alpha };
-            let r = self.residual[i];
+            let r = residual[i];
             let learnt = rate * r;
-            self.background[i] += learnt;
+            background[i] += learnt;
             // Past residuals stay relative to the background as it is now,
             // so that its slow learning never looks like motion.
-            let [newest, older] = &mut self.past_residuals;
             older[i] = newest[i] - learnt;
             newest[i] = r - learnt;
-            let flipped = (self.cell_flags[i] & self.last_flags[i] & flags::CHANGED != 0)
-                && ((self.cell_flags[i] ^ self.last_flags[i]) & flags::BRIGHTER != 0);
+            let (now, last) = (cell_flags[i], last_flags[i]);
+            let flipped = (now & last & flags::CHANGED != 0) && ((now ^ last) & flags::BRIGHTER != 0);
             let rate = match verdict {
                 Some(Verdict::Accepted) => FLICKER_RATE / OBJECT_FLICKER_SLOWDOWN,
                 _ if flipped => FLICKER_RATE * FLIP_SPEEDUP,
                 _ => FLICKER_RATE,
             };
-            let started = self.cell_flags[i] & !self.last_flags[i] & flags::CHANGED != 0;
-            self.toggles[i] += TOGGLE_RATE * (started as u32 as f32 - self.toggles[i]);
-            let spread = self.flicker[i].max(noise_var);
+            let started = now & !last & flags::CHANGED != 0;
+            toggles[i] += TOGGLE_RATE * (started as u32 as f32 - toggles[i]);
+            let spread = flicker[i].max(noise_var);
             let r2 = (r * r).min(FLICKER_CLIP * FLICKER_CLIP * spread);
-            self.flicker[i] += rate * (r2 - self.flicker[i]);
+            flicker[i] += rate * (r2 - flicker[i]);
         }
         std::mem::swap(&mut self.cell_flags, &mut self.last_flags);
     }
