@@ -7,8 +7,12 @@
 mod pool;
 mod raw;
 
-use anyhow::{Context, Result};
-use turbojpeg::{Compressor, Subsamp, YuvPlanesImage};
+use std::ffi::{c_int, c_void, CStr};
+use std::ptr::NonNull;
+
+use anyhow::{bail, Context, Result};
+use turbojpeg::Subsamp;
+use turbojpeg_sys as tj;
 
 use crate::config::Format;
 use crate::frame::{chroma_size, Frame, PixelLayout};
@@ -54,35 +58,60 @@ pub fn payload_room(format: Format, width: usize, height: usize) -> usize {
     }
 }
 
-/// A reusable JPEG encoder.
+/// A reusable JPEG encoder: one TurboJPEG compressor, driven through its C
+/// API so that the JPEG is written straight into the message payload (the
+/// `turbojpeg` crate only writes into initialised memory, which would mean
+/// either a copy per frame or payload buffers written in full up front).
 pub struct JpegEncoder {
-    compressor: Compressor,
-    /// Worst-case-sized output, allocated once per frame size.
-    scratch: Vec<u8>,
-    scratch_for: (usize, usize),
+    handle: NonNull<c_void>,
     /// Deinterleaved chroma for NV12 frames.
     u: Vec<u8>,
     v: Vec<u8>,
 }
 
+// SAFETY: the TurboJPEG instance is used only through `&mut self` and keeps
+// no thread-local state, so it may move to an encoder worker thread.
+unsafe impl Send for JpegEncoder {}
+
+impl Drop for JpegEncoder {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from tj3Init and is destroyed only here.
+        unsafe { tj::tj3Destroy(self.handle.as_ptr()) }
+    }
+}
+
 impl JpegEncoder {
     pub fn new(quality: u8) -> Result<Self> {
-        let mut compressor = Compressor::new().context("cannot create a JPEG compressor")?;
-        compressor.set_quality(quality as i32)?;
-        compressor.set_subsamp(Subsamp::Sub2x2)?;
-        Ok(JpegEncoder { compressor, scratch: Vec::new(), scratch_for: (0, 0), u: Vec::new(), v: Vec::new() })
+        // SAFETY: tj3Init takes a plain enum value; null means it failed.
+        let handle = NonNull::new(unsafe { tj::tj3Init(tj::TJINIT_TJINIT_COMPRESS as c_int) })
+            .context("cannot create a JPEG compressor (out of memory?)")?;
+        let encoder = JpegEncoder { handle, u: Vec::new(), v: Vec::new() };
+        // Never reallocate: the output is a payload buffer that holds the worst case.
+        for (param, value) in [
+            (tj::TJPARAM_TJPARAM_QUALITY, quality.into()),
+            (tj::TJPARAM_TJPARAM_SUBSAMP, tj::TJSAMP_TJSAMP_420 as c_int),
+            (tj::TJPARAM_TJPARAM_NOREALLOC, 1),
+        ] {
+            // SAFETY: a valid handle and a parameter id of this library version.
+            if unsafe { tj::tj3Set(encoder.handle.as_ptr(), param as c_int, value) } != 0 {
+                bail!("cannot set up the JPEG compressor (quality {quality}): {}", encoder.last_error());
+            }
+        }
+        Ok(encoder)
     }
 
-    /// Encodes `frame` and appends the JPEG to `out` (cleared first).
+    fn last_error(&self) -> String {
+        // SAFETY: tj3GetErrorStr returns a NUL-terminated string owned by the instance.
+        unsafe { CStr::from_ptr(tj::tj3GetErrorStr(self.handle.as_ptr())) }.to_string_lossy().into_owned()
+    }
+
+    /// Encodes `frame` into `out` (cleared first), which grows only if it
+    /// holds less than [`payload_room`] for the frame.
     pub fn encode(&mut self, frame: &Frame, out: &mut Vec<u8>) -> Result<()> {
+        frame.validate()?;
         let (w, h) = (frame.width, frame.height);
         let (cw, ch) = chroma_size(w, h);
-        if self.scratch_for != (w, h) {
-            // Zeroed pages are not resident until written, so the worst case costs little.
-            self.scratch = vec![0; self.compressor.buf_len(w, h)?];
-            self.scratch_for = (w, h);
-        }
-        let (u, v, chroma_stride) = match frame.layout {
+        let (u, v, chroma_strides) = match frame.layout {
             PixelLayout::I420 => (frame.u.data, frame.v.data, (frame.u.stride, frame.v.stride)),
             PixelLayout::Nv12 => {
                 self.u.resize(cw * ch, 0);
@@ -97,23 +126,34 @@ impl JpegEncoder {
                 (&self.u[..], &self.v[..], (cw, cw))
             }
         };
-        let image = YuvPlanesImage {
-            y_plane: frame.y.data,
-            u_plane: u,
-            v_plane: v,
-            width: w,
-            height: h,
-            y_stride: frame.y.stride,
-            u_stride: chroma_stride.0,
-            v_stride: chroma_stride.1,
-            subsamp: Subsamp::Sub2x2,
-        };
-        let len = self
-            .compressor
-            .compress_yuv_planes_to_slice(&image, &mut self.scratch)
-            .with_context(|| format!("cannot encode frame {} ({w}x{h})", frame.seq))?;
+        let planes = [frame.y.data.as_ptr(), u.as_ptr(), v.as_ptr()];
+        let strides = [frame.y.stride, chroma_strides.0, chroma_strides.1].map(|s| c_int::try_from(s).unwrap_or(c_int::MAX));
         out.clear();
-        out.extend_from_slice(&self.scratch[..len]);
+        out.reserve(payload_room(Format::Jpg, w, h));
+        let mut jpeg = out.as_mut_ptr();
+        let mut size = tj::size_t::try_from(out.capacity())?;
+        // SAFETY: `validate` checked that each plane holds its rows at its
+        // stride, which is all TurboJPEG reads; `jpeg` points to `size`
+        // writable bytes, and with NOREALLOC TurboJPEG writes no more than
+        // that (it fails instead) and never replaces the pointer.
+        let status = unsafe {
+            tj::tj3CompressFromYUVPlanes8(
+                self.handle.as_ptr(),
+                planes.as_ptr(),
+                c_int::try_from(w)?,
+                strides.as_ptr(),
+                c_int::try_from(h)?,
+                &mut jpeg,
+                &mut size,
+            )
+        };
+        if status != 0 {
+            bail!("cannot encode frame {} ({w}x{h}): {}", frame.seq, self.last_error());
+        }
+        let size = usize::try_from(size)?;
+        debug_assert!(jpeg == out.as_mut_ptr() && size <= out.capacity());
+        // SAFETY: TurboJPEG wrote `size` bytes at the start of `out`'s buffer.
+        unsafe { out.set_len(size) };
         Ok(())
     }
 }
@@ -174,6 +214,46 @@ mod tests {
         encoder.encode(&i420, &mut a).unwrap();
         encoder.encode(&nv12, &mut b).unwrap();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn writes_what_turbojpeg_writes_into_the_payload_it_is_given() {
+        let mut scene = Synthetic::new(1920, 1080, 3);
+        let frame = scene.next_frame().unwrap().unwrap();
+        let image = turbojpeg::YuvPlanesImage {
+            y_plane: frame.y.data,
+            u_plane: frame.u.data,
+            v_plane: frame.v.data,
+            width: frame.width,
+            height: frame.height,
+            y_stride: frame.y.stride,
+            u_stride: frame.u.stride,
+            v_stride: frame.v.stride,
+            subsamp: Subsamp::Sub2x2,
+        };
+        let mut reference = turbojpeg::Compressor::new().unwrap();
+        reference.set_quality(90).unwrap();
+        reference.set_subsamp(Subsamp::Sub2x2).unwrap();
+        let expected = reference.compress_yuv_planes_to_vec(&image).unwrap();
+        let mut payload = Vec::with_capacity(payload_room(Format::Jpg, 1920, 1080));
+        let buffer = payload.as_ptr();
+        let mut encoder = JpegEncoder::new(90).unwrap();
+        for _ in 0..2 {
+            encoder.encode(&frame, &mut payload).unwrap();
+            assert!(payload == expected, "the JPEG differs from the turbojpeg crate's");
+            assert_eq!(payload.as_ptr(), buffer, "the payload buffer was replaced");
+        }
+    }
+
+    #[test]
+    fn a_bad_frame_or_quality_is_an_error() {
+        let buf = FrameBuf::new(64, 32);
+        let frame = buf.as_frame();
+        let short = Frame { y: Plane { data: &frame.y.data[..100], stride: 64 }, ..frame };
+        let err = JpegEncoder::new(90).unwrap().encode(&short, &mut Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("Y plane too small"), "{err}");
+        let err = JpegEncoder::new(0).err().expect("quality 0 was accepted");
+        assert!(err.to_string().contains("quality 0"), "{err}");
     }
 
     #[test]
