@@ -93,6 +93,9 @@ pub(super) struct Blobs {
     height: usize,
     /// Per cell: 0 for unchanged, else 1 + the index of its blob.
     pub labels: Vec<u32>,
+    /// Per cell: the verdict on its blob, as of the last `accept`; a byte
+    /// per cell that the per-cell loops read without a lookup.
+    verdicts: Vec<Option<Verdict>>,
     parent: Vec<u32>,
     /// Blob index of each provisional label's root.
     blob_of_root: Vec<u32>,
@@ -108,6 +111,7 @@ impl Blobs {
             width,
             height,
             labels: vec![0; cells],
+            verdicts: vec![None; cells],
             parent: Vec::with_capacity(cells + 1),
             blob_of_root: vec![0; cells + 1],
             list: Vec::with_capacity(cells),
@@ -119,6 +123,7 @@ impl Blobs {
     /// frame's candidates stay: objects do not jump when the light does.
     pub fn forget(&mut self) {
         self.labels.fill(0);
+        self.verdicts.fill(None);
         self.list.clear();
     }
 
@@ -232,15 +237,23 @@ impl Blobs {
         }
         self.previous.clear();
         self.previous.extend(self.list.iter().filter(|b| b.verdict != Verdict::Rejected));
+        for (verdict, &label) in self.verdicts.iter_mut().zip(&self.labels) {
+            *verdict = match label {
+                0 => None,
+                label => Some(self.list[label as usize - 1].verdict),
+            };
+        }
     }
 
     /// The verdict on the blob that holds cell `i`, if the cell changed.
     #[inline]
     pub fn verdict_at(&self, i: usize) -> Option<Verdict> {
-        match self.labels[i] {
-            0 => None,
-            label => Some(self.list[label as usize - 1].verdict),
-        }
+        self.verdicts[i]
+    }
+
+    /// [`Self::verdict_at`] of every cell.
+    pub fn verdicts(&self) -> &[Option<Verdict>] {
+        &self.verdicts
     }
 
     fn find(&mut self, mut label: u32) -> u32 {

@@ -377,8 +377,9 @@ impl MotionDetector {
         let (newest, older) = (&mut newest[..n], &mut older[..n]);
         let (cell_flags, last_flags) = (&self.cell_flags[..n], &self.last_flags[..n]);
         let (toggles, flicker) = (&mut self.toggles[..n], &mut self.flicker[..n]);
+        let verdicts = &self.blobs.verdicts()[..n];
         for i in 0..n {
-            let verdict = self.blobs.verdict_at(i);
+            let verdict = verdicts[i];
             let on_object = matches!(verdict, Some(Verdict::Candidate | Verdict::Accepted));
             let rate = if on_object { alpha * OBJECT_ALPHA_SHARE } else { alpha };
             let r = residual[i];
