@@ -150,6 +150,7 @@ impl Pipeline {
         let workers = worker_count(config.encode.workers);
         let pre_event = if config.encode.send == SendPolicy::Motion { config.motion.pre_event_frames } else { 0 };
         let encoder = EncodePool::new(workers, config.encode.format, config.encode.quality)?;
+        let frames_held = encoder.most_frames();
         let payload_room = payload_room(config.encode.format, width, height);
         // Every message that can be out at once: a full send queue, those
         // with the encoders, and those in hand.
@@ -170,7 +171,7 @@ impl Pipeline {
             placeholder,
             current: FrameBuf::default(),
             flipped: FrameBuf::default(),
-            spares: Spares::new(pre_event.max(workers)),
+            spares: Spares::new(pre_event.max(frames_held)),
             pre_event: FrameRing::new(pre_event),
             post_event_left: 0,
             burst_left: 0,
