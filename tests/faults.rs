@@ -323,8 +323,7 @@ fn hub_down_at_start_then_up() {
     let jsonl = dir.path().join("hub.jsonl");
     let mut hub = camnode_hub(port, &jsonl);
     assert!(node.wait(Duration::from_secs(40)).success(), "{}", log(dir.path(), "n"));
-    hub.signal(libc::SIGTERM);
-    hub.wait(Duration::from_secs(5));
+    hub.stop(Duration::from_secs(5));
     let stats = stats(dir.path(), "n");
     let acked = ids(&hub_jsonl(&jsonl), "n");
     let left = ids(&spooled(&spool), "n");
@@ -355,8 +354,7 @@ fn hub_killed_and_restarted_mid_event() {
         // journal, so a SIGKILL between the two would lose a message that
         // the node rightly counts as delivered, and the books would be wrong
         // about the hub, not the node.
-        hub.signal(libc::SIGTERM);
-        hub.wait(Duration::from_secs(5));
+        hub.stop(Duration::from_secs(5));
         journals.push(jsonl);
         // Down until the node has noticed: it logs each outage once.
         wait_until("the node notices the hub is gone", Duration::from_secs(10), || log(dir.path(), "n").matches("did not reply").count() > round);
@@ -364,8 +362,7 @@ fn hub_killed_and_restarted_mid_event() {
     let jsonl = dir.path().join("hub-last.jsonl");
     let mut hub = camnode_hub(port, &jsonl);
     assert!(node.wait(Duration::from_secs(60)).success(), "{}", log(dir.path(), "n"));
-    hub.signal(libc::SIGTERM);
-    hub.wait(Duration::from_secs(5));
+    hub.stop(Duration::from_secs(5));
     journals.push(jsonl);
     let got: Vec<Got> = journals.iter().flat_map(|j| hub_jsonl(j)).collect();
     let stats = stats(dir.path(), "n");
@@ -564,8 +561,7 @@ fn packet_loss_and_delay_between_network_namespaces() {
     inside.args(["netns", "exec", &ns.node]).arg(program).args(run.get_args()).stderr(fs::File::create(dir.path().join("n.log")).unwrap());
     let mut node = Proc::spawn("node in its namespace", &mut inside);
     assert!(node.wait(Duration::from_secs(60)).success(), "{}", log(dir.path(), "n"));
-    hub.signal(libc::SIGTERM);
-    hub.wait(Duration::from_secs(5));
+    hub.stop(Duration::from_secs(5));
     let stats = stats(dir.path(), "n");
     let shown = Command::new("ip").args(["netns", "exec", &ns.router, "tc", "-s", "qdisc", "show", "dev", &ns.link]).output().unwrap();
     let shown = String::from_utf8_lossy(&shown.stdout);
@@ -817,8 +813,7 @@ fn a_signal_during_an_outage_exits_within_2_s_and_keeps_everything() {
     let mut node = Proc::spawn("node", &mut node(dir.path(), "n", &spool, &format!("tcp://127.0.0.1:{}", free_port()), "", &["--source", "synthetic:320x240"]));
     wait_until("the node spools part of an event", Duration::from_secs(15), || spool_files(&spool) >= 20);
     let stopped = Instant::now();
-    node.signal(libc::SIGTERM);
-    assert!(node.wait(Duration::from_secs(5)).success(), "{}", log(dir.path(), "n"));
+    assert!(node.stop(Duration::from_secs(5)).success(), "{}", log(dir.path(), "n"));
     let took = stopped.elapsed();
     assert!(took < Duration::from_secs(2), "the node took {took:?} to exit after SIGTERM");
     // Unlike kill -9, a signal loses nothing: the queue went to the spool on the way out.

@@ -44,8 +44,7 @@ fn req_node_to_camnode_hub_sends_motion_frames_and_events() {
     );
     assert!(node.status.success(), "{}", String::from_utf8_lossy(&node.stderr));
     // The node exits only once the hub acknowledged everything: stop the hub then.
-    hub.signal(libc::SIGTERM);
-    assert!(hub.wait(LIMIT).success());
+    assert!(hub.stop(LIMIT).success());
 
     let stats = read_json(&stats);
     let messages = read_jsonl(&jsonl);
@@ -99,8 +98,7 @@ fn imagezmq_hub_receives_jpegs_over_req() {
     );
     assert!(node.status.success(), "{}", String::from_utf8_lossy(&node.stderr));
     // A REQ node exits only once the hub acknowledged everything: stop the hub then.
-    hub.signal(libc::SIGTERM);
-    hub.wait(LIMIT);
+    hub.stop(LIMIT);
     let summary = read_json(&out);
     let messages = summary["messages"].as_array().unwrap();
     let images: Vec<_> = messages.iter().filter(|m| m["msg"] == "pi1 Cam|jpg").collect();
@@ -132,8 +130,7 @@ fn imagezmq_hub_receives_raw_arrays_with_dtype_and_shape() {
     );
     assert!(node.status.success(), "{}", String::from_utf8_lossy(&node.stderr));
     // A REQ node exits only once the hub acknowledged everything: stop the hub then.
-    hub.signal(libc::SIGTERM);
-    hub.wait(LIMIT);
+    hub.stop(LIMIT);
     let summary = read_json(&out);
     let images: Vec<_> = summary["messages"].as_array().unwrap().iter().filter(|m| m["msg"].as_str().unwrap().ends_with("|image")).cloned().collect();
     assert_eq!(images.len(), 20);
@@ -161,8 +158,7 @@ fn imagezmq_hub_subscribes_to_a_pub_node() {
     expect_line(&lines, "CONNECTED", LIMIT);
     assert!(node.wait(LIMIT).success());
     // What the node published before exiting has reached the subscriber or never will.
-    hub.signal(libc::SIGTERM);
-    hub.wait(LIMIT);
+    hub.stop(LIMIT);
     let summary = read_json(&out);
     let images: Vec<_> = summary["messages"].as_array().unwrap().iter().filter(|m| m["msg"].as_str().unwrap().ends_with("|jpg")).cloned().collect();
     assert!(images.len() >= 150, "only {} of 240 frames reached the subscriber", images.len());
@@ -201,8 +197,7 @@ fn req_node_recovers_when_its_hub_restarts() {
     let started = std::time::Instant::now();
     expect_line(&second_lines, "|jpg", Duration::from_secs(5));
     eprintln!("delivery resumed {:?} after the new hub started", started.elapsed());
-    node.signal(libc::SIGTERM);
-    assert!(node.wait(Duration::from_secs(5)).success());
+    assert!(node.stop(Duration::from_secs(5)).success());
 }
 
 #[test]

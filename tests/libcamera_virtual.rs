@@ -142,16 +142,20 @@ fn run_into_hub(args: &[&str], config: Option<&str>) -> (Vec<serde_json::Value>,
     let jsonl = dir.path().join("hub.jsonl");
     let mut hub = Proc::spawn(
         "camnode hub",
-        camnode().args(["hub", "--bind", &format!("tcp://127.0.0.1:{port}"), "--idle", "3"]).arg("--jsonl").arg(&jsonl),
+        camnode().args(["hub", "--bind", &format!("tcp://127.0.0.1:{port}")]).arg("--jsonl").arg(&jsonl),
     );
     let stats = dir.path().join("stats.json");
     let mut command = camnode();
     command.args(["run", "--name", "pi"]).args(args).args(["--hub", &format!("tcp://127.0.0.1:{port}")]);
     command.arg("--stats-json").arg(&stats);
+    // Start-up and capture say what they do, for a failure to show.
+    command.env("RUST_LOG", "camnode=info");
     with_config(&mut command, dir.path(), config);
     let node = run_to_end("camnode run", &mut command, LIMIT);
     assert!(node.status.success(), "camnode run failed: {}", String::from_utf8_lossy(&node.stderr));
-    assert!(hub.wait(LIMIT).success());
+    // The node exits once the hub has acknowledged all it sent, and the hub
+    // acknowledges only what it stored.
+    assert!(hub.stop(LIMIT).success());
     (read_jsonl(&jsonl), read_json(&stats))
 }
 
@@ -253,7 +257,7 @@ fn flip_reaches_the_hub() {
     let port = free_port();
     let mut hub = Proc::spawn(
         "camnode hub",
-        camnode().args(["hub", "--bind", &format!("tcp://127.0.0.1:{port}"), "--idle", "3"]).arg("--save").arg(&save),
+        camnode().args(["hub", "--bind", &format!("tcp://127.0.0.1:{port}")]).arg("--save").arg(&save),
     );
     let node = run_to_end(
         "camnode run",
@@ -275,7 +279,7 @@ fn flip_reaches_the_hub() {
         LIMIT,
     );
     assert!(node.status.success(), "{}", String::from_utf8_lossy(&node.stderr));
-    assert!(hub.wait(LIMIT).success());
+    assert!(hub.stop(LIMIT).success());
     let day = std::fs::read_dir(&save).unwrap().flatten().find(|e| e.path().is_dir()).expect("no images saved").path();
     let image = std::fs::read_dir(day).unwrap().flatten().next().unwrap().path();
     let gray = turbojpeg::decompress(&std::fs::read(image).unwrap(), turbojpeg::PixelFormat::GRAY).unwrap();
@@ -316,8 +320,7 @@ fn imagezmq_hub_receives_libcamera_frames() {
     );
     assert!(node.status.success(), "{}", String::from_utf8_lossy(&node.stderr));
     // The node exits only once the hub acknowledged everything: stop the hub then, not after an idle guess.
-    hub.signal(libc::SIGTERM);
-    hub.wait(LIMIT);
+    hub.stop(LIMIT);
     let summary = read_json(&out);
     let images: Vec<_> = summary["messages"].as_array().unwrap().iter().filter(|m| m["msg"] == "pi Cam|jpg").collect();
     assert_eq!(images.len(), 30);

@@ -29,7 +29,7 @@ fn notifies_ready_keepalives_and_stopping() {
         messages
     });
     let port = free_port();
-    let mut hub = Proc::spawn("camnode hub", camnode().args(["hub", "--bind", &format!("tcp://127.0.0.1:{port}"), "--idle", "2"]));
+    let mut hub = Proc::spawn("camnode hub", camnode().args(["hub", "--bind", &format!("tcp://127.0.0.1:{port}")]));
     let node = run_to_end(
         "camnode run",
         camnode()
@@ -41,7 +41,7 @@ fn notifies_ready_keepalives_and_stopping() {
         Duration::from_secs(60),
     );
     assert!(node.status.success(), "{}", String::from_utf8_lossy(&node.stderr));
-    hub.wait(Duration::from_secs(30));
+    hub.stop(Duration::from_secs(30));
     let messages = reader.join().unwrap();
     assert_eq!(messages.last().map(String::as_str), Some("STOPPING=1"), "{messages:?}");
     assert_eq!(messages[0], "READY=1", "{messages:?}");

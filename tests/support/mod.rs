@@ -71,6 +71,14 @@ impl Proc {
         }
     }
 
+    /// Stops a hub (or any process that exits cleanly on SIGTERM) once its
+    /// peer is done, rather than after an idle time that a slow start, as
+    /// under qemu, can outlast before the first message.
+    pub fn stop(&mut self, limit: Duration) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.wait(limit)
+    }
+
     /// Sends a signal (e.g. `libc::SIGTERM`).
     pub fn signal(&self, signal: i32) {
         // SAFETY: plain kill(2) on a pid we started.
@@ -87,7 +95,9 @@ impl Drop for Proc {
     }
 }
 
-/// Runs a command to completion within `limit`, returning its output.
+/// Runs a command to completion within `limit`, returning its output. One
+/// that does not finish is killed, and what it wrote so far goes into the
+/// failure, so that a hang says where it stopped.
 pub fn run_to_end(name: &str, command: &mut Command, limit: Duration) -> Output {
     let child = command
         .stdout(Stdio::piped())
@@ -104,7 +114,15 @@ pub fn run_to_end(name: &str, command: &mut Command, limit: Duration) -> Output 
         Err(_) => {
             // SAFETY: plain kill(2) on a pid we started.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            panic!("{name} did not finish within {limit:?}")
+            let said = match rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(Ok(output)) => format!(
+                    "stdout:\n{}\nstderr:\n{}",
+                    String::from_utf8_lossy(&output.stdout),
+                    String::from_utf8_lossy(&output.stderr)
+                ),
+                _ => "(its output could not be read)".into(),
+            };
+            panic!("{name} did not finish within {limit:?}; {said}")
         }
     }
 }
