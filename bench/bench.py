@@ -469,8 +469,13 @@ def report_rows(workload, runs):
     for name, measured in runs.items():
         cpu = median(measured, "cpu_ms_per_frame")
         # imagenode gets its frames preloaded, camnode reads them as it goes,
-        # bare's CPU is the encoding alone.
-        unread = cpu - read_cpu if name.startswith("camnode") else cpu
+        # bare's CPU is the encoding alone. On the still scene camnode reads
+        # only the rows motion detection samples, far fewer pages than the
+        # bare encoder's reading touches: nothing to subtract there.
+        if not name.startswith("camnode"):
+            unread = cpu
+        else:
+            unread = cpu - read_cpu if workload["send"] == "all" else None
         p50, p99 = median(measured, "latency_ms_p50"), median(measured, "latency_ms_p99")
         rss = median(measured, "rss_mb")
         versus_peer = paired(runs["imagenode"], measured, cpu_ratio)
@@ -496,9 +501,7 @@ def targets(results, memory, workers):
         for w in workers:
             runs = r[camnode_name(w)]
             ratio = paired(r["imagenode"], runs, cpu_ratio)
-            unread = paired(zip(r["imagenode"], r[BARE]), runs, lambda pb, c: pb[0]["cpu_ms_per_frame"] / unread_cpu(c, pb[1]))
-            check(f"(a) CPU per frame, imagenode / {camnode_name(w)}", f"{ratio:.1f}x", ">= 40x", ratio >= 40,
-                  f"{unread:.1f}x without reading the file")
+            check(f"(a) CPU per frame, imagenode / {camnode_name(w)}", f"{ratio:.1f}x", ">= 40x", ratio >= 40)
     if "b" in results:
         r = results["b"]
         for w in workers:
@@ -582,7 +585,8 @@ def main():
         f"the Y4M file, staged in RAM ({', '.join(sorted(STAGED_IN)) or 'the page cache'}), and takes each frame "
         "from it as it goes, as a camera would hand it over; the page faults of that reading (timed on their "
         "own by the bare encoder, which reads the same file with camnode's reader) are what the fifth column "
-        "leaves out. On the still scene nothing is encoded; its bare row is what encoding every frame would cost.",
+        "leaves out (not on the still scene, where camnode reads only the rows that motion detection samples). "
+        "On the still scene nothing is encoded; its bare row is what encoding every frame would cost.",
     ]
     if memory:
         lines.append(f"Memory run: (b) with default settings against a hub that replies after {SLOW_HUB_DELAY * 1000:.0f} ms, "
