@@ -15,7 +15,8 @@ while it is measured, so no run waits for the disk (see in_memory):
 
 Pipelines, each over the same file, R times (--runs) taking turns run by
 run, so that other work on the machine falls on all alike; medians reported,
-and for ratios the median of the ratios within each turn:
+and for ratios the median over turns of ratios in which each run counts
+relative to bare encoding measured just before and just after it:
 
   imagenode   bench/imagenode_peer.py: imagenode's algorithm in Python and
               OpenCV, single-threaded, sending with imagezmq over REQ.
@@ -383,10 +384,21 @@ def bare_once(args, path, frames, threads):
     return {k: result[k] for k in ("fps", "cpu_ms_per_frame", "read_cpu_ms_per_frame")}
 
 
+def gauge(before, after):
+    """What the bare encoder measured just before and just after a run, averaged."""
+    return {threads: {key: (before[threads][key] + after[threads][key]) / 2 for key in before[threads]}
+            for threads in before}
+
+
 def measure(args, workdir, workload, path, frames, warm):
     """Every pipeline --runs times on one workload, taking turns run by run,
     so that whatever else the machine does falls on all of them alike.
-    Returns the runs of each pipeline, bare encoding last."""
+    Bare encoding runs before the first pipeline of a turn and after each:
+    every pipeline run carries, as "gauge", the bare encoder's figures on
+    each side of it, by thread count. The machine's speed drifts by 10 to
+    40 % over minutes, and a ratio of two runs, each taken relative to its
+    own gauge, leaves that drift out. Returns the runs of each pipeline,
+    bare encoding last."""
     def camnode(workers, one_core=False):
         return lambda *common: camnode_once(args, *common, workers=workers, one_core=one_core)
 
@@ -401,13 +413,22 @@ def measure(args, workdir, workload, path, frames, warm):
     try:
         for name, _ in senders:
             hubs[name] = Hub(workdir, f"{workload['key']}-{len(hubs)}")
-        for _ in range(args.runs):
-            for name, once in senders:
-                warm()
-                runs[name].append(once(workdir, workload, path, frames, hubs[name].address))
+        def bare_slot():
+            slot = {}
             for threads in bare_threads:
                 warm()
-                runs[bare_name(threads)].append(bare_once(args, path, frames, threads))
+                slot[threads] = bare_once(args, path, frames, threads)
+                runs[bare_name(threads)].append(dict(slot[threads], gauge=slot))
+            return slot
+
+        for _ in range(args.runs):
+            before = bare_slot()
+            for name, once in senders:
+                warm()
+                run = once(workdir, workload, path, frames, hubs[name].address)
+                after = bare_slot()
+                runs[name].append(dict(run, gauge=gauge(before, after)))
+                before = after
     finally:
         summaries = {name: hub.stop() for name, hub in hubs.items()}
     width, height, _ = y4m_info(path)
@@ -439,23 +460,27 @@ def median(results, key):
     return statistics.median(values) if values else None
 
 
-def paired(first, second, ratio):
-    """The median over turns of `ratio(run of first, run of second)` in the
-    same turn. The pipelines of a turn run back to back, so whatever slowed
-    the shared machine for a while (it moves 10 to 20 % over minutes) falls
-    on both sides of each ratio alike; a ratio of two medians taken from
-    different turns would carry it."""
-    return statistics.median(ratio(a, b) for a, b in zip(first, second))
+def relative(run, key, threads=1, unread=False):
+    """`key` of a run in units of the bare encoder on `threads` threads
+    measured beside it (see measure). `unread`: CPU per frame without the
+    page faults of reading the file, as the bare encoder timed them."""
+    value = run[key] - (run["gauge"][1]["read_cpu_ms_per_frame"] if unread else 0)
+    return value / run["gauge"][threads][key]
 
 
-def cpu_ratio(a, b):
-    return a["cpu_ms_per_frame"] / b["cpu_ms_per_frame"]
+def over_bare(runs, key="cpu_ms_per_frame", threads=1, unread=False):
+    """The median over runs of `key` relative to bare encoding beside each."""
+    return statistics.median(relative(r, key, threads, unread) for r in runs)
 
 
-def unread_cpu(camnode_run, bare_run):
-    """camnode's CPU per frame without the page faults of reading the file,
-    as timed by the bare encoder in the same turn."""
-    return camnode_run["cpu_ms_per_frame"] - bare_run["read_cpu_ms_per_frame"]
+def versus(first, second, key, unread=False):
+    """How many times `key` of `first` is that of `second`: the median over
+    turns of the ratio of their figures relative to bare encoding, so that
+    the machine's drift between the two runs falls out. `unread` applies to
+    `second`."""
+    if len(first) != len(second):  # a bare row: one gauge per run, its own
+        return over_bare(first, key) / over_bare(second, key)
+    return statistics.median(relative(a, key) / relative(b, key, unread=unread) for a, b in zip(first, second))
 
 
 def fmt(value, digits=1, suffix=""):
@@ -478,8 +503,8 @@ def report_rows(workload, runs):
             unread = cpu - read_cpu if workload["send"] == "all" else None
         p50, p99 = median(measured, "latency_ms_p50"), median(measured, "latency_ms_p99")
         rss = median(measured, "rss_mb")
-        versus_peer = paired(runs["imagenode"], measured, cpu_ratio)
-        versus_bare = paired(measured, runs[BARE], cpu_ratio)
+        versus_peer = versus(runs["imagenode"], measured, "cpu_ms_per_frame")
+        versus_bare = over_bare(measured)
         rows.append(f"| {workload['title']} | {name} | {fmt(median(measured, 'fps'))} | {fmt(cpu, 2)} | {fmt(unread, 2)} "
                     f"| {fmt(versus_peer, 1, 'x')} | {fmt(versus_bare, 2)} | {fmt(rss)} "
                     f"| {'–' if p50 is None else f'{p50:.1f} / {p99:.1f}'} |")
@@ -500,31 +525,30 @@ def targets(results, memory, workers):
         r = results["a"]
         for w in workers:
             runs = r[camnode_name(w)]
-            ratio = paired(r["imagenode"], runs, cpu_ratio)
+            ratio = versus(r["imagenode"], runs, "cpu_ms_per_frame")
             check(f"(a) CPU per frame, imagenode / {camnode_name(w)}", f"{ratio:.1f}x", ">= 40x", ratio >= 40)
     if "b" in results:
         r = results["b"]
         for w in workers:
             runs = r[camnode_name(w)]
-            ratio = paired(r["imagenode"], runs, cpu_ratio)
-            unread = paired(zip(r["imagenode"], r[BARE]), runs, lambda pb, c: pb[0]["cpu_ms_per_frame"] / unread_cpu(c, pb[1]))
+            ratio = versus(r["imagenode"], runs, "cpu_ms_per_frame")
+            unread = versus(r["imagenode"], runs, "cpu_ms_per_frame", unread=True)
             check(f"(b) frames per CPU-second, {camnode_name(w)} / imagenode", f"{ratio:.1f}x", ">= 4x",
                   ratio >= 4, f"{unread:.1f}x without reading the file")
-            over = paired(runs, r[BARE], cpu_ratio)
-            over_unread = paired(runs, r[BARE], lambda c, b: unread_cpu(c, b) / b["cpu_ms_per_frame"])
+            over = over_bare(runs)
+            over_unread = over_bare(runs, unread=True)
             beside = f"{(over_unread - 1) * 100:+.0f} % without reading the file"
             if w > 1:
-                over_many = paired(runs, r[bare_name(w)], cpu_ratio)
+                over_many = over_bare(runs, threads=w)
                 beside += f"; {(over_many - 1) * 100:+.0f} % over bare encoding on {w} threads"
             check(f"(b) CPU per frame over bare encoding, {camnode_name(w)}", f"{(over - 1) * 100:+.0f} %",
                   "<= +15 %", over <= 1.15, beside)
         many = max(workers)
         if many > 1:
-            fps_ratio = lambda a, b: a["fps"] / b["fps"]
-            beside = [f"{paired(r[camnode_name(many)], r[camnode_name(1)], fps_ratio):.2f}x over 1 worker free to use both cores"
+            beside = [f"{versus(r[camnode_name(many)], r[camnode_name(1)], 'fps'):.2f}x over 1 worker free to use both cores"
                       ] if 1 in workers else []
-            beside.append(f"bare encoding on {many} threads / on 1: {paired(r[bare_name(many)], r[BARE], fps_ratio):.2f}x")
-            speedup = paired(r[camnode_name(many)], r[ONE_CORE], fps_ratio)
+            beside.append(f"bare encoding on {many} threads / on 1: {over_bare(r[bare_name(many)], 'fps'):.2f}x")
+            speedup = versus(r[camnode_name(many)], r[ONE_CORE], "fps")
             check(f"(b) frames per second, {many} workers / 1 worker on one core", f"{speedup:.2f}x", ">= 1.7x",
                   speedup >= 1.7, "; ".join(beside))
     if memory:
@@ -540,8 +564,8 @@ def environment(args):
                             capture_output=True, text=True).stdout.strip() or "unknown"
     return (f"{time.strftime('%Y-%m-%d %H:%M')}, camnode {commit}, {cpu}, {os.cpu_count()} cores, "
             f"OpenCV {cv2.__version__}, Python {platform.python_version()}; "
-            f"load average at start {os.getloadavg()[0]:.2f}; medians of {args.runs} runs (ratios: medians of the "
-            f"ratios within each turn of runs), "
+            f"load average at start {os.getloadavg()[0]:.2f}; medians of {args.runs} runs (ratios: medians over "
+            f"turns, each run taken relative to bare encoding just before and after it), "
             f"first {args.warmup} frames of each run not timed")
 
 
