@@ -161,6 +161,9 @@ fn a_pin_in_use_is_refused_naming_the_setting() {
 /// trigger on the fake GPIO.
 struct Node {
     hub: Hub,
+    /// The node's own spool: with the default one every test's node (all
+    /// named "yard") would replay the events another left unacknowledged.
+    _spool: tempfile::TempDir,
     fake: FakeGpio,
     status: Arc<NodeStatus>,
     controls: Sender<Control>,
@@ -179,6 +182,8 @@ impl Node {
         config.node.heartbeat = 0.0;
         config.capture.source = SourceSpec::Synthetic { width: 320, height: 240 };
         config.transport.hub = Some(address);
+        let spool = tempfile::tempdir().unwrap();
+        config.spool.dir = spool.path().to_path_buf();
         config.gpio.trigger_pin = Some(BUTTON);
         let fake = FakeGpio::new();
         let status = Arc::new(NodeStatus::default());
@@ -189,7 +194,7 @@ impl Node {
         }
         let node_status = status.clone();
         let pipeline = std::thread::spawn(move || Pipeline::run(&config, rx, node_status));
-        Node { hub, fake, status, controls, gpio, pipeline, received: Vec::new() }
+        Node { hub, _spool: spool, fake, status, controls, gpio, pipeline, received: Vec::new() }
     }
 
     /// Receives until `done` holds for what arrived so far.
