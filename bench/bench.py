@@ -27,9 +27,9 @@ relative to bare encoding measured just before and just after it:
               frames at the same quality: the encoding limit. It also times
               reading the frames with camnode's own Y4M reader: camnode pays
               that on top for a file, not for a camera, and the report shows
-              its numbers with and without it. On (b) and (c), with more
-              than one camnode worker, also on as many threads, each
-              encoding every N-th frame: the limit of that many cores.
+              its numbers with and without it. On (b) and (c) also on as
+              many threads as each camnode worker count above 1, each
+              thread encoding every N-th frame: the limit of that many cores.
 
 Both senders talk to the same hub, the unmodified imagezmq ImageHub of
 tests/python/imagezmq_hub.py, one per pipeline and workload, on loopback.
@@ -406,7 +406,7 @@ def measure(args, workdir, workload, path, frames, warm):
     senders += [(camnode_name(w), camnode(w)) for w in args.workers]
     if workload["key"] == "b":
         senders.append((ONE_CORE, camnode(1, one_core=True)))
-    bare_threads = [1] + ([max(args.workers)] if workload["send"] == "all" and max(args.workers) > 1 else [])
+    bare_threads = [1] + (sorted({w for w in args.workers if w > 1}) if workload["send"] == "all" else [])
     runs = {name: [] for name, _ in senders}
     runs.update({bare_name(t): [] for t in bare_threads})
     hubs = {}
