@@ -38,8 +38,6 @@
 #   LIBCAMERA_SUITES   Debian suites to take the source from, tried newest
 #                      version first (default: "sid forky trixie-backports trixie")
 #   DEBIAN_MIRROR      default: http://deb.debian.org/debian
-#   CAMNODE_ARMHF_SYSROOT  armv7: the sysroot scripts/sysroot.sh made, when the
-#                      caller already resolved it (cross.sh and package.sh do)
 set -euo pipefail
 
 target=${1:-host}
@@ -131,8 +129,7 @@ mapfile -t target_dev_libs < <(awk '!/^#/ && $2 == "libcamera" { print $1 }' "$s
 # libraries (for the qemu runs); dpkg installs only tools for the host.
 sysroot=
 if [ "$target" = armv7 ]; then
-    # The one cross.sh or package.sh resolved for this run, if they did.
-    sysroot=${CAMNODE_ARMHF_SYSROOT:-$("$scripts/sysroot.sh" armhf)}
+    sysroot=$("$scripts/sysroot.sh" armhf)
     crate_tools+=("gcc-$triple" "g++-$triple" "libc6-dev-$deb_arch-cross")
     target_runtime_libs=()
     target_dev_libs=()

@@ -117,9 +117,9 @@ needed_libs() {
 # outside the command substitutions the functions below run in.
 armhf_root=
 armhf_sysroot() {
-    [ -n "$armhf_root" ] || armhf_root=${CAMNODE_ARMHF_SYSROOT:-$(scripts/sysroot.sh armhf)}
-    # Resolved once per run: the scripts this one starts (libcamera.sh,
-    # cross.sh) take it from here instead of updating apt's lists again.
+    [ -n "$armhf_root" ] || armhf_root=$(scripts/sysroot.sh armhf)
+    # Resolved once per run: sysroot.sh, when the scripts this one starts
+    # (libcamera.sh, cross.sh) ask it again, answers with this one.
     export CAMNODE_ARMHF_SYSROOT=$armhf_root
 }
 

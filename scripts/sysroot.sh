@@ -45,12 +45,19 @@
 # Settings, all optional:
 #   SYSROOT_SUITES  default: "bookworm bookworm-updates bookworm-security"
 #   DEBIAN_MIRROR   default: http://deb.debian.org/debian
+#   CAMNODE_ARMHF_SYSROOT  the armhf sysroot of every package, already
+#                   resolved in this run (cross.sh and package.sh export it):
+#                   printed as it is instead of updating apt's lists again
 set -euo pipefail
 
 [ $# -ge 1 ] || { echo "usage: $0 DEB_ARCH [PACKAGE...]" >&2; exit 2; }
 arch=$1
 shift
 packages=("$@")
+if [ "$arch" = armhf ] && [ ${#packages[@]} -eq 0 ] && [ -e "${CAMNODE_ARMHF_SYSROOT:-/nonexistent}/.complete" ]; then
+    echo "$CAMNODE_ARMHF_SYSROOT"
+    exit 0
+fi
 if [ ${#packages[@]} -eq 0 ]; then
     mapfile -t packages < <(awk '!/^#/ && NF { print $1 }' "$(dirname "$0")/target-dev-packages")
 fi
