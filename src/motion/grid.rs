@@ -51,10 +51,16 @@ impl LumaGrid {
         let used = self.width * self.cell;
         let scale = 1.0 / (self.rows_per_cell * self.cell) as f32;
         let offsets = &self.row_offsets[..self.rows_per_cell];
+        let row = |top: usize, offset: usize| frame.y.row(top + offset, used);
         for (gy, out) in self.cells.chunks_exact_mut(self.width).enumerate() {
             let top = gy * self.cell;
+            if gy + 1 < self.height {
+                for &offset in offsets {
+                    prefetch(row(top + self.cell, offset));
+                }
+            }
             let sums = &mut self.col_sums[..used];
-            let row = |offset: usize| frame.y.row(top + offset, used);
+            let row = |offset: usize| row(top, offset);
             // The first two rows in one pass: most cells read only two.
             let rest = match offsets {
                 [first, second, rest @ ..] => {
@@ -84,6 +90,36 @@ impl LumaGrid {
     pub fn to_frame_rect(&self, x0: usize, y0: usize, x1: usize, y1: usize) -> [u32; 4] {
         let c = self.cell as u32;
         [x0 as u32 * c, y0 as u32 * c, (x1 - x0 + 1) as u32 * c, (y1 - y0 + 1) as u32 * c]
+    }
+}
+
+/// Asks the CPU to start loading `bytes` into cache, one request per cache
+/// line, without waiting for them. A fresh frame comes from memory, and the
+/// sampled rows are short runs far apart, too short for the hardware
+/// prefetcher to pick up before each run ends. Asking for the next grid
+/// row's lines while this one is summed cut the detector's CPU time on
+/// fresh 1080p frames by 10 to 12 % (`camnode detect --stats`, x86, 6 of 6
+/// paired runs); fetching two grid rows ahead gained less.
+fn prefetch(bytes: &[u8]) {
+    const LINE: usize = 64;
+    for offset in (0..bytes.len()).step_by(LINE) {
+        let line = bytes[offset..].as_ptr();
+        // SAFETY: a prefetch is only a hint: it reads nothing into the
+        // program and cannot fault, and `line` points into `bytes` anyway.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line.cast());
+        }
+        #[cfg(target_arch = "aarch64")]
+        unsafe {
+            std::arch::asm!("prfm pldl1keep, [{0}]", in(reg) line, options(nostack, readonly, preserves_flags));
+        }
+        #[cfg(target_arch = "arm")]
+        unsafe {
+            std::arch::asm!("pld [{0}]", in(reg) line, options(nostack, readonly, preserves_flags));
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "arm")))]
+        let _ = line;
     }
 }
 
