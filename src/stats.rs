@@ -52,6 +52,8 @@ pub struct RunStats {
     pub spool: SpoolCounts,
     pub wall_s: f64,
     pub cpu_s: f64,
+    /// The part of `cpu_s` the encoders spent encoding, on whichever thread.
+    pub encode_cpu_s: f64,
     /// Frames per wall-clock second.
     pub fps: f64,
     /// Capture-to-hub latency of delivered images, milliseconds.
@@ -62,9 +64,9 @@ pub struct RunStats {
     pub stage_us: StageMicros,
     /// The run after its first `[stats] warmup` frames: what benchmarks compare.
     pub steady: Steady,
-    /// Where the steady part began: time, CPU seconds, frames.
+    /// Where the steady part began: time, CPU seconds, encoding CPU seconds, frames.
     #[serde(skip)]
-    steady_start: Option<(Instant, f64, u64)>,
+    steady_start: Option<(Instant, f64, f64, u64)>,
 }
 
 /// Rates over the steady part of a run, from the start of frame
@@ -77,29 +79,38 @@ pub struct Steady {
     pub cpu_s: f64,
     pub fps: f64,
     pub cpu_ms_per_frame: f64,
+    /// The encoders' share of `cpu_ms_per_frame`. Both are measured over the
+    /// same frames, so the difference, what camnode spends besides encoding,
+    /// holds however fast the machine runs at the time.
+    pub encode_cpu_ms_per_frame: f64,
 }
 
 impl RunStats {
-    /// Marks the start of the steady part: call before the first frame that counts.
-    pub fn start_steady(&mut self) {
-        self.steady_start = Some((Instant::now(), resource_usage().0, self.frames));
+    /// Marks the start of the steady part: call before the first frame
+    /// that counts, with the encoders' CPU time so far.
+    pub fn start_steady(&mut self, encode_cpu: Duration) {
+        self.steady_start = Some((Instant::now(), resource_usage().0, encode_cpu.as_secs_f64(), self.frames));
     }
 
-    /// Fills the derived fields at the end of a run.
-    pub fn finish(&mut self, started: Instant) {
+    /// Fills the derived fields at the end of a run, given the encoders' CPU time.
+    pub fn finish(&mut self, started: Instant, encode_cpu: Duration) {
         self.wall_s = started.elapsed().as_secs_f64();
         let usage = resource_usage();
         self.cpu_s = usage.0;
+        self.encode_cpu_s = encode_cpu.as_secs_f64();
         self.max_rss_kb = usage.1;
         self.fps = if self.wall_s > 0.0 { self.frames as f64 / self.wall_s } else { 0.0 };
-        if let Some((since, cpu, frames)) = self.steady_start {
-            let (frames, wall_s, cpu_s) = (self.frames - frames, since.elapsed().as_secs_f64(), usage.0 - cpu);
+        if let Some((since, cpu, encode_cpu, frames)) = self.steady_start {
+            let frames = self.frames - frames;
+            let wall_s = since.elapsed().as_secs_f64();
+            let per_frame = |seconds: f64| if frames > 0 { seconds * 1000.0 / frames as f64 } else { 0.0 };
             self.steady = Steady {
                 frames,
                 wall_s,
-                cpu_s,
+                cpu_s: usage.0 - cpu,
                 fps: if wall_s > 0.0 { frames as f64 / wall_s } else { 0.0 },
-                cpu_ms_per_frame: if frames > 0 { cpu_s * 1000.0 / frames as f64 } else { 0.0 },
+                cpu_ms_per_frame: per_frame(usage.0 - cpu),
+                encode_cpu_ms_per_frame: per_frame(self.encode_cpu_s - encode_cpu),
             };
         }
     }
@@ -107,11 +118,12 @@ impl RunStats {
     /// One log line for the end of a run.
     pub fn summary(&self) -> String {
         format!(
-            "{} frames in {:.1}s ({:.1} fps, {:.2}s CPU): {} moving, {} events, {} encoded, {} sent ({} KiB), {} dropped, {} spooled ({} still waiting)",
+            "{} frames in {:.1}s ({:.1} fps, {:.2}s CPU, {:.2}s of it encoding): {} moving, {} events, {} encoded, {} sent ({} KiB), {} dropped, {} spooled ({} still waiting)",
             self.frames,
             self.wall_s,
             self.fps,
             self.cpu_s,
+            self.encode_cpu_s,
             self.moving_frames,
             self.events,
             self.encoded,
@@ -122,6 +134,15 @@ impl RunStats {
             self.spool.waiting
         )
     }
+}
+
+/// The calling thread's CPU time: what a stage costs, whatever else runs
+/// on the machine at the time (a build, the other encoder threads).
+pub fn thread_cpu_time() -> Duration {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime only writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
 /// User+system CPU seconds and peak RSS (KiB) of this process.

@@ -57,6 +57,8 @@ fn req_node_to_camnode_hub_sends_motion_frames_and_events() {
     assert_eq!(images.len() as u64, stats["encoded"].as_u64().unwrap());
     assert_eq!(stats["sent"].as_u64().unwrap(), messages.len() as u64);
     assert_eq!(stats["dropped"].as_u64().unwrap(), 0);
+    let (cpu, encoding) = (stats["cpu_s"].as_f64().unwrap(), stats["encode_cpu_s"].as_f64().unwrap());
+    assert!(encoding > 0.0 && encoding < cpu, "encoding took {encoding} s of the run's {cpu} s CPU");
     // Only moving frames are sent: far fewer than captured, none from the first still period but the pre-event ones.
     assert!(images.len() > 100 && images.len() < 160, "{} images", images.len());
     assert!(images.iter().all(|m| m["seq"].as_u64().unwrap() >= 55), "an image from the still start was sent");

@@ -25,12 +25,14 @@ use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 
 use super::Encoder;
 use crate::config::Format;
 use crate::frame::{Captured, FrameBuf, Spares};
+use crate::stats::thread_cpu_time;
 use crate::transport::Message;
 
 /// The most workers `workers = 0` starts: no Pi has more cores, and each
@@ -75,7 +77,8 @@ pub struct EncodePool {
 }
 
 enum Mode {
-    Inline(Encoder),
+    /// With the CPU time it spent encoding.
+    Inline(Encoder, Duration),
     Workers(Workers),
 }
 
@@ -95,6 +98,8 @@ struct Workers {
     done: Arc<Queue<Done>>,
     /// Frames handed over and not yet back.
     in_flight: usize,
+    /// CPU time the workers spent on the frames that came back.
+    cpu: Duration,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -109,13 +114,15 @@ struct Done {
     frame: FrameBuf,
     message: Message,
     result: Result<()>,
+    /// The worker's CPU time for this frame.
+    cpu: Duration,
 }
 
 impl EncodePool {
     /// `workers` encoders (1: inline on the caller's thread) for `format` at `quality`.
     pub fn new(workers: usize, format: Format, quality: u8) -> Result<Self> {
         let mode = if workers <= 1 {
-            Mode::Inline(Encoder::new(format, quality)?)
+            Mode::Inline(Encoder::new(format, quality)?, Duration::ZERO)
         } else {
             Mode::Workers(Workers::start(workers, format, quality)?)
         };
@@ -126,7 +133,7 @@ impl EncodePool {
     /// passed between images: what the pipeline stocks buffers for.
     pub fn most_messages(&self) -> usize {
         match &self.mode {
-            Mode::Inline(_) => 1,
+            Mode::Inline(..) => 1,
             Mode::Workers(workers) => WAITING_PER_WORKER * workers.threads.len() + 1,
         }
     }
@@ -135,15 +142,25 @@ impl EncodePool {
     /// each in a buffer of its own: what the pipeline stocks spares for.
     pub fn most_frames(&self) -> usize {
         match &self.mode {
-            Mode::Inline(_) => 1,
+            Mode::Inline(..) => 1,
             Mode::Workers(workers) => workers.most_in_flight(),
+        }
+    }
+
+    /// CPU time spent encoding so far, on every encoder's thread, of the
+    /// frames whose encoding has finished: with the process's CPU time, it
+    /// tells how much of it camnode spends besides encoding.
+    pub fn cpu_time(&self) -> Duration {
+        match &self.mode {
+            Mode::Inline(_, cpu) => *cpu,
+            Mode::Workers(workers) => workers.cpu,
         }
     }
 
     /// Encoders running: 1 when inline.
     pub fn workers(&self) -> usize {
         match &self.mode {
-            Mode::Inline(_) => 1,
+            Mode::Inline(..) => 1,
             Mode::Workers(workers) => workers.threads.len(),
         }
     }
@@ -155,8 +172,11 @@ impl EncodePool {
     pub fn encode(&mut self, frame: &mut Captured, mut message: Message, spares: &mut Spares) -> Result<()> {
         self.check()?;
         match &mut self.mode {
-            Mode::Inline(encoder) => {
-                encoder.encode(&frame.frame(), &mut message.payload)?;
+            Mode::Inline(encoder, cpu) => {
+                let started = thread_cpu_time();
+                let encoded = encoder.encode(&frame.frame(), &mut message.payload);
+                *cpu += thread_cpu_time() - started;
+                encoded?;
                 self.queue.push_back(Slot::Ready(message));
             }
             Mode::Workers(workers) => {
@@ -237,6 +257,7 @@ impl EncodePool {
 /// slot.
 fn settle(queue: &mut VecDeque<Slot>, front: u64, workers: &mut Workers, spares: &mut Spares, failure: &mut Option<anyhow::Error>, done: Done) {
     workers.in_flight -= 1;
+    workers.cpu += done.cpu;
     spares.give(done.frame);
     let slot = &mut queue[(done.ticket - front) as usize];
     match done.result {
@@ -263,7 +284,7 @@ impl Workers {
                 .context("cannot start an encoder worker thread")?;
             threads.push(thread);
         }
-        Ok(Workers { jobs, done, in_flight: 0, threads })
+        Ok(Workers { jobs, done, in_flight: 0, cpu: Duration::ZERO, threads })
     }
 
     fn most_in_flight(&self) -> usize {
@@ -296,10 +317,11 @@ fn work(mut encoder: Encoder, jobs: &Queue<Job>, done: &Queue<Done>) {
     }
     let _leaving = Leaving(done);
     while let Some(Job { ticket, frame, mut message }) = jobs.pop() {
+        let started = thread_cpu_time();
         // A panic becomes an error, reported by the pool's next call.
         let result = catch_unwind(AssertUnwindSafe(|| encoder.encode(&frame.as_frame(), &mut message.payload)))
             .unwrap_or_else(|_| Err(anyhow!("an encoder worker panicked on frame {}", frame.seq)));
-        done.push(Done { ticket, frame, message, result });
+        done.push(Done { ticket, frame, message, result, cpu: thread_cpu_time() - started });
     }
 }
 
@@ -379,6 +401,7 @@ mod tests {
     /// event message after every third: returns (kind, seq, payload) in the
     /// order the pool released them.
     fn run(workers: usize) -> Vec<(MessageKind, u64, Vec<u8>)> {
+        let process_cpu_before = crate::stats::resource_usage().0;
         let mut pool = EncodePool::new(workers, Format::Jpg, 90).unwrap();
         assert_eq!(pool.workers(), workers);
         let mut spares = Spares::new(4);
@@ -402,6 +425,10 @@ mod tests {
         pool.flush(&mut spares).unwrap();
         collect(&mut pool, &mut spares);
         assert!(pool.next_ready(&mut spares).is_none());
+        // Every encoder's time is counted, and none that the process did not spend.
+        let encoding = pool.cpu_time().as_secs_f64();
+        let process = crate::stats::resource_usage().0 - process_cpu_before;
+        assert!(encoding > 0.0 && encoding <= process + 0.001, "{workers} workers: encoding {encoding} s of {process} s");
         out
     }
 

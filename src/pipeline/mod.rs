@@ -26,7 +26,7 @@ use crate::flip::{flip_into, Flip};
 use crate::frame::{unix_now, Captured, Frame, FrameBuf, Spares};
 use crate::gpio::TriggerMode;
 use crate::motion::{BoundingBox, MotionDetector, MotionEvent, MotionState};
-use crate::stats::{lap, RunStats};
+use crate::stats::{lap, thread_cpu_time, RunStats};
 use crate::status::{NodeStatus, Phase};
 use crate::systemd::{Notifier, Notify};
 use crate::transport::wire::{OutHeader, HEADER_ROOM};
@@ -233,7 +233,7 @@ impl Pipeline {
                 next_due = (next_due + period).max(Instant::now());
             }
             if self.stats.frames == self.config.stats.warmup {
-                self.stats.start_steady();
+                self.stats.start_steady(self.encoder.cpu_time());
             }
             let t0 = Instant::now();
             let mut current = std::mem::take(&mut self.current);
@@ -284,7 +284,7 @@ impl Pipeline {
         // the next start; at the end of a finite run (or a failed source) the
         // queue and the spool get up to `drain_timeout`.
         self.finish_sending(if quit { Shutdown::Signal } else { Shutdown::Drain });
-        self.stats.finish(started);
+        self.stats.finish(started, self.encoder.cpu_time());
         result.map(|()| std::mem::take(&mut self.stats))
     }
 
@@ -561,16 +561,6 @@ pub struct DetectSummary {
     pub p99_us: f64,
 }
 
-/// This thread's CPU time in nanoseconds. The detector's cost is measured in
-/// CPU time rather than wall time so that other processes on a busy machine
-/// (a build, the encoder) do not count against it.
-fn thread_cpu_nanos() -> u64 {
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime only writes the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
-}
-
 /// Runs only the detector over a source: what `camnode detect` prints. `each`
 /// sees the detector after every frame, for its report and debug images.
 pub fn detect_frames(config: &Config, mut each: impl FnMut(u64, &MotionDetector) -> Result<()>) -> Result<DetectSummary> {
@@ -585,9 +575,9 @@ pub fn detect_frames(config: &Config, mut each: impl FnMut(u64, &MotionDetector)
         if config.capture.frames > 0 && summary.frames >= config.capture.frames {
             break;
         }
-        let started = thread_cpu_nanos();
+        let started = thread_cpu_time();
         let event = detector.process(&frame).event;
-        nanos.push(thread_cpu_nanos() - started);
+        nanos.push((thread_cpu_time() - started).as_nanos() as u64);
         summary.events += (event == Some(MotionEvent::Started)) as u64;
         each(summary.frames, &detector)?;
         summary.frames += 1;
