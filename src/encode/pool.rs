@@ -271,9 +271,12 @@ fn settle(queue: &mut VecDeque<Slot>, front: u64, workers: &mut Workers, spares:
 
 impl Workers {
     fn start(count: usize, format: Format, quality: u8) -> Result<Workers> {
-        // Room for every job that may be handed over, so a push never waits.
-        let jobs = Arc::new(Queue::new(count + FRAMES_WAITING, 1));
-        let done = Arc::new(Queue::new(count, count));
+        // Room in both for every frame that may be handed over at once, so
+        // that a push never waits nor grows the ring: all of them can be
+        // waiting for a worker, or all finished before the main loop
+        // collects any.
+        let jobs = Arc::new(Queue::new(most_in_flight(count), 1));
+        let done = Arc::new(Queue::new(most_in_flight(count), count));
         let mut threads = Vec::with_capacity(count);
         for index in 0..count {
             let encoder = Encoder::new(format, quality)?;
@@ -288,7 +291,7 @@ impl Workers {
     }
 
     fn most_in_flight(&self) -> usize {
-        self.threads.len() + FRAMES_WAITING
+        most_in_flight(self.threads.len())
     }
 
     /// The next finished job, waiting for one.
@@ -304,6 +307,11 @@ impl Drop for Workers {
             let _ = thread.join();
         }
     }
+}
+
+/// Frames `workers` encoders may hold at once: one each, and one waiting.
+fn most_in_flight(workers: usize) -> usize {
+    workers + FRAMES_WAITING
 }
 
 /// A worker: encode jobs until the queue closes.
@@ -328,10 +336,12 @@ fn work(mut encoder: Encoder, jobs: &Queue<Job>, done: &Queue<Done>) {
 /// A bounded hand-over between threads: a ring allocated once, a mutex and
 /// a condition variable. (A std channel allocates the first time a thread
 /// blocks on it, at a moment nobody can predict.) Capacity is the number of
-/// jobs there can be, so a push never has to wait.
+/// items there can be, so a push never has to wait; one more would grow the
+/// ring, an allocation in the steady state, which debug builds refuse.
 struct Queue<T> {
     state: Mutex<QueueState<T>>,
     changed: Condvar,
+    capacity: usize,
 }
 
 struct QueueState<T> {
@@ -343,7 +353,11 @@ struct QueueState<T> {
 impl<T> Queue<T> {
     /// A queue for `capacity` items that closes after `closers` calls to `close`.
     fn new(capacity: usize, closers: usize) -> Self {
-        Queue { state: Mutex::new(QueueState { items: VecDeque::with_capacity(capacity), open: closers }), changed: Condvar::new() }
+        Queue {
+            state: Mutex::new(QueueState { items: VecDeque::with_capacity(capacity), open: closers }),
+            changed: Condvar::new(),
+            capacity,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, QueueState<T>> {
@@ -351,7 +365,10 @@ impl<T> Queue<T> {
     }
 
     fn push(&self, item: T) {
-        self.lock().items.push_back(item);
+        let mut state = self.lock();
+        debug_assert!(state.items.len() < self.capacity, "a queue sized for {} items got one more", self.capacity);
+        state.items.push_back(item);
+        drop(state);
         self.changed.notify_one();
     }
 
@@ -385,6 +402,7 @@ impl<T> Queue<T> {
 mod tests {
     use super::*;
     use crate::capture::{FrameSource, Synthetic};
+    use std::time::Instant;
     use crate::transport::wire::OutHeader;
     use crate::transport::MessageKind;
 
@@ -430,6 +448,34 @@ mod tests {
         let process = crate::stats::resource_usage().0 - process_cpu_before;
         assert!(encoding > 0.0 && encoding <= process + 0.001, "{workers} workers: encoding {encoding} s of {process} s");
         out
+    }
+
+    #[test]
+    fn every_frame_handed_over_can_finish_before_any_is_collected() {
+        let mut pool = EncodePool::new(2, Format::Jpg, 90).unwrap();
+        let mut spares = Spares::new(4);
+        let most = pool.most_frames() as u64;
+        let mut scene = Synthetic::new(64, 48, 1);
+        for seq in 0..most {
+            let frame = scene.next_frame().unwrap().unwrap();
+            pool.encode(&mut Captured::Lent(frame), message(MessageKind::Image, seq), &mut spares).unwrap();
+        }
+        // The main loop busy elsewhere: every worker finishes, nothing is collected.
+        let Mode::Workers(workers) = &pool.mode else { unreachable!("two workers run on threads") };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let done = workers.done.lock();
+            assert_eq!(done.open, 2, "a worker died");
+            if done.items.len() == most as usize {
+                break;
+            }
+            drop(done);
+            assert!(Instant::now() < deadline, "the workers did not finish {most} frames in 30 s");
+            std::thread::yield_now();
+        }
+        pool.flush(&mut spares).unwrap();
+        let seqs: Vec<u64> = std::iter::from_fn(|| pool.next_ready(&mut spares)).map(|m| seq_of(&m)).collect();
+        assert_eq!(seqs, (0..most).collect::<Vec<_>>());
     }
 
     #[test]
