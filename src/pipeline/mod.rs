@@ -30,7 +30,7 @@ use crate::stats::{lap, thread_cpu_time, RunStats};
 use crate::status::{NodeStatus, Phase};
 use crate::systemd::{Notifier, Notify};
 use crate::transport::wire::{OutHeader, HEADER_ROOM};
-use crate::transport::{BufferPool, Message, MessageKind, Sender, Shutdown};
+use crate::transport::{BufferPool, Buffers, Message, MessageKind, Sender, Shutdown};
 use ring::FrameRing;
 
 /// Messages out at once besides those in the send queue and the encoders:
@@ -437,10 +437,8 @@ impl Pipeline {
             score: motion.map(|(score, _)| score),
             boxes: motion.map_or(&[], |(_, boxes)| boxes),
         };
-        // Payload first: buffers come back header, then payload, so taking them
-        // in the opposite order keeps each in its role and at its size.
-        let payload = self.take_payload();
-        let mut message = Message::new(MessageKind::Image, &header, self.pool.take(), payload);
+        let (header_buf, payload) = self.take_buffers();
+        let mut message = Message::new(MessageKind::Image, &header, header_buf, payload);
         message.durable = self.in_event;
         self.encoder.encode(captured, message, &mut self.spares)?;
         self.stats.encoded += 1;
@@ -457,7 +455,7 @@ impl Pipeline {
     }
 
     fn text_message(&mut self, kind: MessageKind, text: &str, seq: u64, ts: f64, score: Option<f32>) {
-        let mut payload = self.take_payload();
+        let (header_buf, mut payload) = self.take_buffers();
         payload.extend_from_slice(&self.placeholder);
         let raw = self.config.encode.format == Format::Raw;
         let header = OutHeader {
@@ -471,7 +469,7 @@ impl Pipeline {
             score,
             boxes: &[],
         };
-        let message = Message::new(kind, &header, self.pool.take(), payload);
+        let message = Message::new(kind, &header, header_buf, payload);
         self.encoder.pass(message);
         self.release();
     }
@@ -494,12 +492,13 @@ impl Pipeline {
         Ok(())
     }
 
-    /// A payload buffer with room for any image of this run, so that no
-    /// buffer grows later, whichever message it carries next.
-    fn take_payload(&self) -> Vec<u8> {
-        let mut payload = self.pool.take();
+    /// Header and payload buffers for a message, the payload with room for
+    /// any image of this run, so that no buffer grows later, whichever
+    /// message it carries next.
+    fn take_buffers(&self) -> Buffers {
+        let (header, mut payload) = self.pool.take();
         payload.reserve(self.payload_room);
-        payload
+        (header, payload)
     }
 
     /// Offers every message whose turn has come, in capture order.
@@ -521,8 +520,7 @@ impl Pipeline {
             } else {
                 debug!("send queue full: dropped a {:?} message", message.kind);
             }
-            self.pool.give(message.header);
-            self.pool.give(message.payload);
+            self.pool.give(message.header, message.payload);
         }
     }
 

@@ -9,7 +9,7 @@ pub mod security;
 pub mod spool;
 pub mod wire;
 
-pub use pool::BufferPool;
+pub use pool::{BufferPool, Buffers};
 pub use sender::{Sender, SenderReport, Shutdown};
 pub use spool::{Spool, SpoolConfig, SpoolCounts};
 pub use wire::{Header, Message, MessageKind};

@@ -4,14 +4,21 @@
 
 use std::sync::{Arc, Mutex};
 
-/// A shared stack of spare buffers. The stack is sized once, and its
-/// capacity is the most buffers it keeps: growing it when a burst returns
-/// more than ever before would be an allocation in the steady state, and
-/// buffers past it are freed, so a burst does not pin memory.
+/// A shared stack of spare buffer pairs, a header's and a payload's. They
+/// go and come back in pairs, under one lock: the sender thread returns
+/// buffers while the main loop takes them, and with single buffers the loop
+/// could take a header's small buffer as a payload between the sender's two
+/// returns and have to grow it. The stack is sized once, and its capacity
+/// is the most pairs it keeps: growing it when a burst returns more than
+/// ever before would be an allocation in the steady state, and pairs past
+/// it are freed, so a burst does not pin memory.
 #[derive(Clone, Debug)]
 pub struct BufferPool {
-    spare: Arc<Mutex<Vec<Vec<u8>>>>,
+    spare: Arc<Mutex<Vec<Buffers>>>,
 }
+
+/// A header buffer and a payload buffer.
+pub type Buffers = (Vec<u8>, Vec<u8>);
 
 impl Default for BufferPool {
     fn default() -> Self {
@@ -19,8 +26,8 @@ impl Default for BufferPool {
     }
 }
 
-/// Buffers kept at most by a default pool.
-const MAX_SPARE: usize = 64;
+/// Pairs kept at most by a default pool.
+const MAX_SPARE: usize = 32;
 
 impl BufferPool {
     /// A pool with the buffers of `messages` messages made now, each a
@@ -30,26 +37,23 @@ impl BufferPool {
     /// a full send queue) first needs it. Reserved, not written, the room
     /// costs address space only.
     pub fn stocked(messages: usize, header_room: usize, payload_room: usize) -> Self {
-        let mut spare = Vec::with_capacity((2 * messages).max(MAX_SPARE));
-        for _ in 0..messages {
-            // Taken payload first, then header (see `Pipeline::send_image`).
-            spare.push(Vec::with_capacity(header_room));
-            spare.push(Vec::with_capacity(payload_room));
-        }
+        let mut spare = Vec::with_capacity(messages.max(MAX_SPARE));
+        spare.extend((0..messages).map(|_| (Vec::with_capacity(header_room), Vec::with_capacity(payload_room))));
         BufferPool { spare: Arc::new(Mutex::new(spare)) }
     }
 
-    /// An empty buffer, recycled when one is available.
-    pub fn take(&self) -> Vec<u8> {
+    /// Empty header and payload buffers, recycled when a pair is available.
+    pub fn take(&self) -> Buffers {
         self.spare.lock().map(|mut s| s.pop()).ok().flatten().unwrap_or_default()
     }
 
-    /// Returns a buffer for reuse.
-    pub fn give(&self, mut buf: Vec<u8>) {
-        buf.clear();
+    /// Returns a message's header and payload buffers for reuse.
+    pub fn give(&self, mut header: Vec<u8>, mut payload: Vec<u8>) {
+        header.clear();
+        payload.clear();
         if let Ok(mut spare) = self.spare.lock() {
             if spare.len() < spare.capacity() {
-                spare.push(buf);
+                spare.push((header, payload));
             }
         }
     }
@@ -60,14 +64,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn buffers_come_back_with_their_capacity() {
-        let pool = BufferPool::default();
-        let mut buf = pool.take();
-        buf.extend_from_slice(&[1; 1000]);
-        let ptr = buf.as_ptr();
-        pool.give(buf);
-        let again = pool.take();
-        assert!(again.is_empty() && again.capacity() >= 1000);
-        assert_eq!(again.as_ptr(), ptr);
+    fn buffers_come_back_in_their_roles_with_their_capacity() {
+        let pool = BufferPool::stocked(2, 16, 1000);
+        let (mut header, mut payload) = pool.take();
+        assert!(header.capacity() >= 16 && payload.capacity() >= 1000);
+        header.extend_from_slice(&[1; 10]);
+        payload.extend_from_slice(&[2; 500]);
+        let (header_at, payload_at) = (header.as_ptr(), payload.as_ptr());
+        pool.give(header, payload);
+        let (header, payload) = pool.take();
+        assert!(header.is_empty() && payload.is_empty());
+        assert_eq!((header.as_ptr(), payload.as_ptr()), (header_at, payload_at));
     }
 }

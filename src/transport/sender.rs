@@ -159,6 +159,9 @@ impl Sender {
         };
         let spool = Spool::open_configured(spool, config.mode)?.map(Arc::new);
         let (queue, rx) = sync_channel(config.queue);
+        // See `make_blocking_context`: the queue's list of waiters is made
+        // by a first wait, here, while it is empty.
+        let _ = rx.recv_timeout(Duration::from_micros(1));
         let stop = Arc::new(StopSignal::default());
         let worker = Worker {
             context,
@@ -205,8 +208,7 @@ impl Sender {
         match spool.store(&message) {
             Ok(()) => {
                 self.status.note_drop();
-                self.pool.give(message.header);
-                self.pool.give(message.payload);
+                self.pool.give(message.header, message.payload);
                 Ok(())
             }
             Err(e) => {
@@ -231,6 +233,17 @@ impl Sender {
             SenderReport::default()
         })
     }
+}
+
+/// std's channels allocate the first time anyone waits on one: the channel
+/// its list of waiters, the waiting thread a context of its own. The sender
+/// waits on its queue only once the queue runs empty, which can first happen
+/// in the steady state, long after start. So `Sender::start` waits on the
+/// empty queue once, and the sender thread, as it starts, on a channel of
+/// its own: both are made at start.
+fn make_blocking_context() {
+    let (_keep_open, never) = sync_channel::<()>(1);
+    let _ = never.recv_timeout(Duration::from_micros(1));
 }
 
 fn connect_req(context: &zmq::Context, address: &str, curve: Option<&Curve>) -> Result<zmq::Socket> {
@@ -288,6 +301,7 @@ struct Worker {
 
 impl Worker {
     fn run(mut self) -> SenderReport {
+        make_blocking_context();
         match self.mode {
             Mode::Req => self.run_req(),
             Mode::Pub => self.run_pub(),
@@ -583,7 +597,6 @@ impl Worker {
     }
 
     fn recycle(&self, message: Message) {
-        self.pool.give(message.header);
-        self.pool.give(message.payload);
+        self.pool.give(message.header, message.payload);
     }
 }

@@ -385,18 +385,14 @@ impl Spool {
         let len = file.metadata()?.len();
         let expected = (PREAMBLE + header_len + payload_len) as u64;
         ensure!(len == expected, "{len} bytes where its preamble says {expected}");
-        // Payload first: buffers come back header, then payload, so taking
-        // them the other way round keeps each in its role and at its size.
-        let mut payload = pool.take();
-        let mut header = pool.take();
+        let (mut header, mut payload) = pool.take();
         header.resize(header_len, 0);
         file.read_exact(&mut header)?;
         payload.resize(payload_len, 0);
         file.read_exact(&mut payload)?;
         let message = Message { kind, header, payload, ts, durable: true };
         if preamble(&message)[24..] != p[24..] {
-            pool.give(message.header);
-            pool.give(message.payload);
+            pool.give(message.header, message.payload);
             bail!("CRC mismatch");
         }
         Ok(message)
