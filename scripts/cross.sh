@@ -66,6 +66,9 @@ glibc_max=2.36
 
 log() { echo "cross.sh: $*" >&2; }
 die() { log "error: $*"; exit 1; }
+# need_packages, armhf_sysroot
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 step=${1:-all}
 [ $# -gt 0 ] && shift
@@ -82,45 +85,7 @@ describe() {
     sysroot=/usr/$gnu
 }
 
-# The private armv7 sysroot (see the top), resolved once per run.
-armhf_root=
-armhf_sysroot() {
-    [ -n "$armhf_root" ] || armhf_root=$(scripts/sysroot.sh armhf)
-    # Resolved once per run: sysroot.sh, when the scripts this one starts
-    # (libcamera.sh, cross.sh) ask it again, answers with this one.
-    export CAMNODE_ARMHF_SYSROOT=$armhf_root
-}
-
 # --- setup ---------------------------------------------------------------------
-
-apt_updated=
-need_packages() {
-    local missing=() pkg
-    for pkg in "$@"; do
-        # Not `| grep -q`: with pipefail, grep quitting early can fail the pipe.
-        [ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null)" = "install ok installed" ] || missing+=("$pkg")
-    done
-    [ ${#missing[@]} -eq 0 ] && return 0
-    if [ -z "$apt_updated" ]; then
-        # A mirror caught mid-sync fails one index; the install below still
-        # fails loudly if a package really cannot be had.
-        apt-get update -qq >&2 || log "apt-get update reported errors; installing anyway"
-        apt_updated=1
-    fi
-    log "installing ${missing[*]}"
-    mkdir -p "$cache"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" \
-        >"$cache/apt-install-cross.log" 2>&1 ||
-        {
-            tail -30 "$cache/apt-install-cross.log" >&2
-            # The usual cause with multiarch: a library installed for amd64
-            # in a newer version than the foreign architecture's index
-            # offers, because that index failed to download (a mirror
-            # mid-sync) and Multi-Arch: same packages need equal versions.
-            die "apt-get install failed (full log: $cache/apt-install-cross.log); if it reports unmet" \
-                "dependencies of :armhf/:arm64 libraries, check that 'apt-get update' fetches that architecture's indexes"
-        }
-}
 
 # Tests start the `camnode` binary as a child process. Under qemu-user that
 # child is an ARM executable the kernel must know how to run: binfmt_misc

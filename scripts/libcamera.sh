@@ -54,6 +54,9 @@ mkdir -p "$cache"
 
 log() { echo "libcamera.sh: $*" >&2; }
 die() { log "error: $*"; exit 1; }
+# need_packages
+# shellcheck source=scripts/lib.sh
+source "$scripts/lib.sh"
 
 case $target in
 host)
@@ -84,37 +87,6 @@ esac
 
 # --- Debian packages ---------------------------------------------------------
 
-apt_updated=
-apt_update() {
-    local attempt
-    for attempt in 1 2 3; do
-        log "apt-get update"
-        apt-get update -qq >&2 && break
-        # A mirror caught mid-sync serves a stale index for a while, and
-        # multiarch installs need the same version of a package for every
-        # architecture; after the last try the install below fails loudly if
-        # a package really cannot be had.
-        [ "$attempt" -lt 3 ] && { log "apt-get update failed; retrying in $((attempt * 20)) s"; sleep $((attempt * 20)); }
-    done
-    apt_updated=1
-}
-
-# Installs the packages that are missing, running `apt-get update` at most once
-# per invocation and only when something must be installed.
-need_packages() {
-    local missing=() pkg
-    for pkg in "$@"; do
-        dpkg-query -W -f='${Status}\n' "$pkg" 2>/dev/null | grep -q '^install ok installed$' ||
-            missing+=("$pkg")
-    done
-    [ ${#missing[@]} -eq 0 ] && return 0
-    [ -n "$apt_updated" ] || apt_update
-    log "installing ${missing[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" \
-        >"$cache/apt-install.log" 2>&1 ||
-        { tail -30 "$cache/apt-install.log" >&2; die "apt-get install failed; full log: $cache/apt-install.log"; }
-}
-
 # What linking against the build needs: the libraries libcamera links (for
 # the target architecture), and for the `libcamera` crate pkg-config and
 # libclang (its bindgen step).
@@ -139,9 +111,8 @@ elif [ -n "$triple" ]; then
     if ! grep -qx "$deb_arch" <<<"$(dpkg --print-foreign-architectures)"; then
         log "dpkg --add-architecture $deb_arch"
         dpkg --add-architecture "$deb_arch"
-        # The new architecture's package lists must be fetched even when
-        # every package is already known for the host.
-        apt_update
+        # The next install must fetch the new architecture's package lists.
+        apt_updated=
     fi
     crate_tools+=("gcc-$triple" "g++-$triple" "libc6-dev-$deb_arch-cross")
     target_runtime_libs=("${target_runtime_libs[@]/%/:$deb_arch}")

@@ -56,6 +56,9 @@ targets=("$@")
 
 log() { echo "package.sh: $*" >&2; }
 die() { log "error: $*"; exit 1; }
+# need_packages, armhf_sysroot
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 describe() {
     case $1 in
@@ -63,17 +66,6 @@ describe() {
     armv7) rust=armv7-unknown-linux-gnueabihf gnu=arm-linux-gnueabihf deb=armhf elf='ARM, EABI5' ;;
     *) die "unknown target '$1': use aarch64 or armv7" ;;
     esac
-}
-
-need_tools() {
-    local missing=() pkg
-    for pkg in "$@"; do
-        [ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null)" = "install ok installed" ] || missing+=("$pkg")
-    done
-    [ ${#missing[@]} -eq 0 ] && return 0
-    apt-get update -qq >&2 || log "apt-get update reported errors; installing anyway"
-    log "installing ${missing[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 }
 
 # cargo-deb, built once into the cache.
@@ -110,17 +102,6 @@ package() {
 # The sonames of the shared libraries a target binary links.
 needed_libs() {
     "$gnu-readelf" -d "$1" | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p'
-}
-
-# The private armhf sysroot scripts/cross.sh links armv7 against (the same
-# packages, so the same cached sysroot), resolved once per run by package(),
-# outside the command substitutions the functions below run in.
-armhf_root=
-armhf_sysroot() {
-    [ -n "$armhf_root" ] || armhf_root=$(scripts/sysroot.sh armhf)
-    # Resolved once per run: sysroot.sh, when the scripts this one starts
-    # (libcamera.sh, cross.sh) ask it again, answers with this one.
-    export CAMNODE_ARMHF_SYSROOT=$armhf_root
 }
 
 # The package that ships the library $1 of the target (empty if none does):
@@ -483,9 +464,9 @@ EOF
 }
 
 check_fleet() {
-    shellcheck deploy/fleet.sh scripts/cross.sh scripts/package.sh scripts/sysroot.sh scripts/libcamera.sh \
+    shellcheck -x deploy/fleet.sh scripts/cross.sh scripts/package.sh scripts/sysroot.sh scripts/libcamera.sh scripts/lib.sh \
         deploy/debian/postinst deploy/debian/postrm
-    log "shellcheck: fleet.sh, cross.sh, package.sh, sysroot.sh, libcamera.sh and the maintainer scripts are clean"
+    log "shellcheck: fleet.sh, cross.sh, package.sh, sysroot.sh, libcamera.sh, lib.sh and the maintainer scripts are clean"
 
     local dir plan hosts hosts_file=deploy/hosts.example
     dir=$(mktemp -d)
@@ -525,7 +506,7 @@ check_fleet() {
 
 # --- main ----------------------------------------------------------------------
 
-need_tools dpkg-dev shellcheck systemd python3 file mmdebstrap arch-test
+need_packages dpkg-dev shellcheck systemd python3 file mmdebstrap arch-test
 bash scripts/cross.sh setup "${targets[@]}"
 ensure_cargo_deb
 packaged_arches=()

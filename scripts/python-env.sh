@@ -31,20 +31,16 @@ die() {
     log "error: $*"
     exit 1
 }
+# need_packages
+# shellcheck source=scripts/lib.sh
+source "$repo/scripts/lib.sh"
 
 # Debian's python3 ships without ensurepip; python3-venv brings it back.
 ensure_system_venv() {
     if [[ -x "$python" ]] && "$python" -c 'import ensurepip, venv' 2>/dev/null; then
         return
     fi
-    [[ $(id -u) -eq 0 ]] || die "$python with venv support is missing; fix: sudo apt-get install python3 python3-venv"
-    log "installing python3 and python3-venv with apt-get"
-    export DEBIAN_FRONTEND=noninteractive
-    # A fresh machine may have no package lists yet; only then pay for an update.
-    if ! apt-get install -y -qq --no-install-recommends python3 python3-venv >&2; then
-        apt-get update -qq >&2
-        apt-get install -y -qq --no-install-recommends python3 python3-venv >&2
-    fi
+    need_packages python3 python3-venv
     "$python" -c 'import ensurepip, venv' || die "python3-venv is installed but $python still cannot create venvs"
 }
 

@@ -6,19 +6,13 @@
 # needs root (or sudo) only when something is missing.
 set -euo pipefail
 
-packages=(build-essential cmake nasm pkg-config libzmq3-dev "$@")
-missing=()
-for p in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-    sudo=""
-    [[ $(id -u) -eq 0 ]] || sudo="sudo"
-    echo "setup: installing ${missing[*]}" >&2
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-command -v cargo >/dev/null || {
-    echo "setup: cargo not found: install Rust first (https://rustup.rs), then run this again" >&2
-    exit 1
-}
+cd "$(dirname "$0")/.."
+cache=${CAMNODE_CACHE:-$HOME/.cache/camnode}
+log() { echo "setup: $*" >&2; }
+die() { log "error: $*"; exit 1; }
+# need_packages
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+
+need_packages build-essential cmake nasm pkg-config libzmq3-dev "$@"
+command -v cargo >/dev/null || die "cargo not found: install Rust first (https://rustup.rs), then run this again"

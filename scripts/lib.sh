@@ -1,0 +1,60 @@
+# shellcheck shell=bash
+# Sourced, not run, by the scripts beside it: what more than one of them
+# needs. The sourcing script defines `log` and `die` (each message names the
+# script) and `cache` (where logs and the armv7 sysroot go).
+
+# Installs the Debian packages of "$@" that are missing, running
+# `apt-get update` at most once per run and only when something must be
+# installed. Uses sudo when not root. A failed install shows the end of
+# apt's log and says where the rest is.
+apt_updated=
+need_packages() {
+    local missing=() pkg as_root=()
+    for pkg in "$@"; do
+        # One line per architecture the package is known for; installed for
+        # any will do (qualify the name, libzmq3-dev:arm64, to ask for one).
+        # Not `| grep -q`: with pipefail, grep quitting early can fail the pipe.
+        [[ $'\n'$(dpkg-query -W -f='${Status}\n' "$pkg" 2>/dev/null)$'\n' == *$'\n'"install ok installed"$'\n'* ]] ||
+            missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    [ "$(id -u)" -eq 0 ] || as_root=(sudo)
+    if [ -z "$apt_updated" ]; then
+        local attempt
+        for attempt in 1 2 3; do
+            log "apt-get update"
+            "${as_root[@]}" apt-get update -qq >&2 && break
+            # A mirror caught mid-sync serves a stale index for a while, and
+            # multiarch installs need the same version of a package for
+            # every architecture; after the last try the install below
+            # fails loudly if a package really cannot be had.
+            [ "$attempt" -lt 3 ] && { log "apt-get update failed; retrying in $((attempt * 20)) s"; sleep $((attempt * 20)); }
+        done
+        apt_updated=1
+    fi
+    log "installing ${missing[*]}"
+    local apt_log=${cache:?the sourcing script sets it}/apt-install.log
+    mkdir -p "$cache"
+    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" \
+        >"$apt_log" 2>&1 ||
+        {
+            tail -30 "$apt_log" >&2
+            # The usual cause with multiarch: a library installed for amd64
+            # in a newer version than the foreign architecture's index
+            # offers, because that index failed to download (a mirror
+            # mid-sync) and Multi-Arch: same packages need equal versions.
+            die "apt-get install failed (full log: $apt_log); if it reports unmet dependencies of" \
+                ":armhf or :arm64 libraries, check that 'apt-get update' fetches that architecture's indexes"
+        }
+}
+
+# The private armv7 sysroot (scripts/sysroot.sh), resolved once per run
+# into $armhf_root. Call it outside command substitutions: what a `$(...)`
+# assigns does not reach the script.
+armhf_root=
+armhf_sysroot() {
+    [ -n "$armhf_root" ] || armhf_root=$(scripts/sysroot.sh armhf)
+    # Resolved once per run: sysroot.sh, when the scripts this one starts
+    # (libcamera.sh, cross.sh) ask it again, answers with this one.
+    export CAMNODE_ARMHF_SYSROOT=$armhf_root
+}
