@@ -32,6 +32,7 @@ pub mod gpio;
 pub mod hub;
 pub mod motion;
 pub mod pipeline;
+pub mod queue;
 pub mod stats;
 pub mod status;
 pub mod systemd;

@@ -23,7 +23,7 @@
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -32,6 +32,7 @@ use anyhow::{anyhow, Context, Result};
 use super::Encoder;
 use crate::config::Format;
 use crate::frame::{Captured, FrameBuf, Spares};
+use crate::queue::{Queue, TryPop};
 use crate::stats::thread_cpu_time;
 use crate::transport::Message;
 
@@ -208,7 +209,7 @@ impl EncodePool {
     /// The next message in send order, if it is ready; never waits.
     pub fn next_ready(&mut self, spares: &mut Spares) -> Option<Message> {
         if let Mode::Workers(workers) = &mut self.mode {
-            while let Some(done) = workers.done.try_pop() {
+            while let TryPop::Item(done) = workers.done.try_pop() {
                 settle(&mut self.queue, self.front, workers, spares, &mut self.failure, done);
             }
         }
@@ -333,71 +334,6 @@ fn work(mut encoder: Encoder, jobs: &Queue<Job>, done: &Queue<Done>) {
     }
 }
 
-/// A bounded hand-over between threads: a ring allocated once, a mutex and
-/// a condition variable. (A std channel allocates the first time a thread
-/// blocks on it, at a moment nobody can predict.) Capacity is the number of
-/// items there can be, so a push never has to wait; one more would grow the
-/// ring, an allocation in the steady state, which debug builds refuse.
-struct Queue<T> {
-    state: Mutex<QueueState<T>>,
-    changed: Condvar,
-    capacity: usize,
-}
-
-struct QueueState<T> {
-    items: VecDeque<T>,
-    /// Closes count it down; at zero, `pop` stops waiting.
-    open: usize,
-}
-
-impl<T> Queue<T> {
-    /// A queue for `capacity` items that closes after `closers` calls to `close`.
-    fn new(capacity: usize, closers: usize) -> Self {
-        Queue {
-            state: Mutex::new(QueueState { items: VecDeque::with_capacity(capacity), open: closers }),
-            changed: Condvar::new(),
-            capacity,
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, QueueState<T>> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn push(&self, item: T) {
-        let mut state = self.lock();
-        debug_assert!(state.items.len() < self.capacity, "a queue sized for {} items got one more", self.capacity);
-        state.items.push_back(item);
-        drop(state);
-        self.changed.notify_one();
-    }
-
-    /// The oldest item, waiting for one; `None` once closed and empty.
-    fn pop(&self) -> Option<T> {
-        let mut state = self.lock();
-        loop {
-            if let Some(item) = state.items.pop_front() {
-                return Some(item);
-            }
-            if state.open == 0 {
-                return None;
-            }
-            state = self.changed.wait(state).unwrap_or_else(PoisonError::into_inner);
-        }
-    }
-
-    fn try_pop(&self) -> Option<T> {
-        self.lock().items.pop_front()
-    }
-
-    fn close(&self) {
-        let mut state = self.lock();
-        state.open = state.open.saturating_sub(1);
-        drop(state);
-        self.changed.notify_all();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -463,13 +399,8 @@ mod tests {
         // The main loop busy elsewhere: every worker finishes, nothing is collected.
         let Mode::Workers(workers) = &pool.mode else { unreachable!("two workers run on threads") };
         let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let done = workers.done.lock();
-            assert_eq!(done.open, 2, "a worker died");
-            if done.items.len() == most as usize {
-                break;
-            }
-            drop(done);
+        while workers.done.waiting() < most as usize {
+            assert!(workers.threads.iter().all(|thread| !thread.is_finished()), "a worker died");
             assert!(Instant::now() < deadline, "the workers did not finish {most} frames in 30 s");
             std::thread::yield_now();
         }

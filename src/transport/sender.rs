@@ -19,7 +19,6 @@
 //! subscriber and drops past it. There is no acknowledgement, so nothing is
 //! spooled: PUB is for live view, REQ for events that must arrive.
 
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -32,6 +31,7 @@ use super::spool::{Spool, SpoolConfig, SpoolCounts, SpoolKey};
 use super::{BufferPool, Message};
 use crate::config::{Mode, TransportConfig};
 use crate::frame::unix_now;
+use crate::queue::{Queue, TryPop};
 use crate::stats::LatencyRecorder;
 use crate::status::NodeStatus;
 
@@ -117,7 +117,7 @@ impl StopSignal {
 
 /// Handle to the running sender thread.
 pub struct Sender {
-    queue: SyncSender<Message>,
+    queue: Producer,
     spool: Option<Arc<Spool>>,
     pool: BufferPool,
     status: Arc<NodeStatus>,
@@ -158,10 +158,7 @@ impl Sender {
             }
         };
         let spool = Spool::open_configured(spool, config.mode)?.map(Arc::new);
-        let (queue, rx) = sync_channel(config.queue);
-        // See `make_blocking_context`: the queue's list of waiters is made
-        // by a first wait, here, while it is empty.
-        let _ = rx.recv_timeout(Duration::from_micros(1));
+        let queue = Arc::new(Queue::new(config.queue, 1));
         let stop = Arc::new(StopSignal::default());
         let worker = Worker {
             context,
@@ -170,7 +167,7 @@ impl Sender {
             address,
             mode: config.mode,
             reply_timeout: Duration::from_secs_f64(config.reply_timeout),
-            rx,
+            queue: queue.clone(),
             stop: stop.clone(),
             spool: spool.clone(),
             pool: pool.clone(),
@@ -183,7 +180,7 @@ impl Sender {
         };
         let thread = std::thread::Builder::new().name("sender".into()).spawn(move || worker.run())?;
         Ok(Sender {
-            queue,
+            queue: Producer(queue),
             spool,
             pool,
             status,
@@ -200,10 +197,7 @@ impl Sender {
     /// while the network is behind); anything else is given back, so the
     /// caller counts the drop.
     pub fn offer(&self, message: Message) -> std::result::Result<(), Message> {
-        let message = match self.queue.try_send(message) {
-            Ok(()) => return Ok(()),
-            Err(TrySendError::Full(m) | TrySendError::Disconnected(m)) => m,
-        };
+        let Err(message) = self.queue.0.try_push(message) else { return Ok(()) };
         let Some(spool) = self.spool.as_ref().filter(|_| message.durable) else { return Err(message) };
         match spool.store(&message) {
             Ok(()) => {
@@ -235,15 +229,14 @@ impl Sender {
     }
 }
 
-/// std's channels allocate the first time anyone waits on one: the channel
-/// its list of waiters, the waiting thread a context of its own. The sender
-/// waits on its queue only once the queue runs empty, which can first happen
-/// in the steady state, long after start. So `Sender::start` waits on the
-/// empty queue once, and the sender thread, as it starts, on a channel of
-/// its own: both are made at start.
-fn make_blocking_context() {
-    let (_keep_open, never) = sync_channel::<()>(1);
-    let _ = never.recv_timeout(Duration::from_micros(1));
+/// The pipeline's end of the send queue: closing it, when the `Sender` is
+/// finished or dropped, tells the sender thread that nothing more comes.
+struct Producer(Arc<Queue<Message>>);
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 fn connect_req(context: &zmq::Context, address: &str, curve: Option<&Curve>) -> Result<zmq::Socket> {
@@ -284,7 +277,7 @@ struct Worker {
     address: String,
     mode: Mode,
     reply_timeout: Duration,
-    rx: Receiver<Message>,
+    queue: Arc<Queue<Message>>,
     stop: Arc<StopSignal>,
     spool: Option<Arc<Spool>>,
     pool: BufferPool,
@@ -301,13 +294,12 @@ struct Worker {
 
 impl Worker {
     fn run(mut self) -> SenderReport {
-        make_blocking_context();
         match self.mode {
             Mode::Req => self.run_req(),
             Mode::Pub => self.run_pub(),
         }
         // What is still queued at the deadline: event messages wait in the spool for the next start.
-        while let Ok(message) = self.rx.try_recv() {
+        while let TryPop::Item(message) = self.queue.try_pop() {
             if !self.shelve(message) {
                 self.report.unsent += 1;
             }
@@ -416,16 +408,16 @@ impl Worker {
                     None => continue,
                 }
             }
-            match self.rx.try_recv() {
-                Ok(message) => {
+            match self.queue.try_pop() {
+                TryPop::Item(message) => {
                     self.spool_turn = spool_waiting;
                     return Some((message, None));
                 }
                 // Dropped without `finish`: nobody waits for the spool to drain.
-                Err(TryRecvError::Disconnected) if self.stop.get().is_none() => return None,
-                Err(_) if spool_waiting => self.spool_turn = true,
-                Err(TryRecvError::Disconnected) => return None,
-                Err(TryRecvError::Empty) => return self.wait_live().map(|m| (m, None)),
+                TryPop::Closed if self.stop.get().is_none() => return None,
+                _ if spool_waiting => self.spool_turn = true,
+                TryPop::Closed => return None,
+                TryPop::Empty => return self.wait_live().map(|m| (m, None)),
             }
         }
     }
@@ -433,11 +425,8 @@ impl Worker {
     /// Waits for a queued message; `None` once the queue is closed and
     /// empty, or at the exit deadline.
     fn wait_live(&mut self) -> Option<Message> {
-        match self.stop.get() {
-            Some(stop) => self.rx.recv_timeout(stop.deadline.saturating_duration_since(Instant::now())).ok(),
-            // `finish` sets the stop before it closes the queue, which wakes this.
-            None => self.rx.recv().ok(),
-        }
+        // `finish` sets the stop before it closes the queue, which wakes this.
+        self.queue.pop_until(self.stop.get().map(|stop| stop.deadline))
     }
 
     /// True when spooled messages wait and may go now: after a signal the
@@ -544,7 +533,7 @@ impl Worker {
         if self.spool.is_none() {
             return;
         }
-        while let Ok(message) = self.rx.try_recv() {
+        while let TryPop::Item(message) = self.queue.try_pop() {
             if !self.shelve(message) {
                 self.report.dropped += 1;
                 self.status.note_drop();
