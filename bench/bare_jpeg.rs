@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use camnode::capture::{FrameSource, Y4mReader};
 use camnode::frame::Frame;
+use camnode::stats::thread_cpu_time;
 use turbojpeg::{Compressor, Decompressor, Image, PixelFormat, Subsamp, YuvPlanesImage};
 
 struct Args {
@@ -59,14 +60,6 @@ fn parse_args() -> Result<Args> {
     ensure!((1..=100).contains(&args.quality), "--quality {} must be 1..100", args.quality);
     ensure!(args.threads >= 1, "--threads {} must be at least 1", args.threads);
     Ok(args)
-}
-
-/// CPU time of the calling thread.
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes the timespec we pass; the clock id is valid on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// Decodes `jpeg` and compares its luma with the frame's: the size must
@@ -114,14 +107,14 @@ fn encode_share(args: &Args, index: usize, rounds: usize, round: &Barrier) -> Re
         for _ in 0..index {
             source.next_frame()?; // another thread's
         }
-        let read0 = thread_cpu();
+        let read0 = thread_cpu_time();
         let frame = source.next_frame()?.context("the file ended early")?;
         // The reader maps the file: touching a byte of every page maps the
         // frame in here, so that the page faults count as reading and the
         // compress call below is timed on a frame in memory, as a camera's is.
         let touched = [frame.y.data, frame.u.data, frame.v.data].iter().flat_map(|plane| plane.iter().step_by(4096)).fold(0u8, |acc, &b| acc ^ b);
         std::hint::black_box(touched);
-        let read_cpu = thread_cpu() - read0;
+        let read_cpu = thread_cpu_time() - read0;
         let image = YuvPlanesImage {
             y_plane: frame.y.data,
             u_plane: frame.u.data,
@@ -134,9 +127,9 @@ fn encode_share(args: &Args, index: usize, rounds: usize, round: &Barrier) -> Re
             subsamp: Subsamp::Sub2x2,
         };
         round.wait();
-        let (wall0, cpu0) = (Instant::now(), thread_cpu());
+        let (wall0, cpu0) = (Instant::now(), thread_cpu_time());
         let len = compressor.compress_yuv_planes_to_slice(&image, &mut out)?;
-        let cpu = thread_cpu() - cpu0;
+        let cpu = thread_cpu_time() - cpu0;
         round.wait();
         if first >= args.warmup {
             if index == 0 {

@@ -217,9 +217,8 @@ fn sigterm_stops_a_node_within_two_seconds() {
     let lines = line_channel(stderr);
     // Signal handlers are installed before capture starts, and the first request is then unanswered.
     expect_line(&lines, "capturing", LIMIT);
-    node.signal(libc::SIGTERM);
     let started = std::time::Instant::now();
-    let status = node.wait(Duration::from_secs(5));
+    let status = node.stop(Duration::from_secs(5));
     assert!(status.success(), "exit status {status:?}");
     assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
 }

@@ -336,9 +336,10 @@ fn work(mut encoder: Encoder, jobs: &Queue<Job>, done: &Queue<Done>) {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
     use super::*;
     use crate::capture::{FrameSource, Synthetic};
-    use std::time::Instant;
     use crate::transport::wire::OutHeader;
     use crate::transport::MessageKind;
 
