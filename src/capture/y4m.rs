@@ -8,6 +8,7 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -15,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use memmap2::{Advice, Mmap};
 
 use super::FrameSource;
-use crate::frame::{chroma_size, unix_now, Frame, FrameBuf, MappedSpan};
+use crate::frame::{chroma_size, unix_now, Frame, FrameBuf, MappedFile, MappedSpan};
 
 /// The longest frame header line accepted (`FRAME` plus optional tags).
 const MAX_FRAME_HEADER: usize = 256;
@@ -33,28 +34,29 @@ pub struct Y4mReader {
 
 enum Input {
     /// The whole file mapped; `next` is where the next frame header starts.
-    Mapped { map: Arc<Mmap>, next: usize },
+    Mapped { map: Arc<MappedFile>, next: usize },
     Stream { reader: BufReader<File>, line: Vec<u8> },
 }
 
 impl Y4mReader {
     pub fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).with_context(|| format!("cannot open y4m source {}", path.display()))?;
-        let mapped = file.metadata().is_ok_and(|m| m.is_file() && m.len() > 0).then(|| {
+        let metadata = file.metadata().ok().filter(|m| m.is_file() && m.len() > 0);
+        let mapped = metadata.map(|m| {
             // SAFETY: the mapping is read-only. Were another program to
             // truncate the file while camnode runs, reading a vanished page
             // would raise SIGBUS; a capture file being cut short under a
             // running node is not a case worth a copy of every frame.
-            unsafe { Mmap::map(&file) }
+            unsafe { Mmap::map(&file) }.map(|map| (map, m.blksize()))
         });
         let (header, input) = match mapped {
-            Some(Ok(map)) => {
+            Some(Ok((map, block_size))) => {
                 // Frames are taken in order: let the kernel read ahead of
                 // them from a file on disk. Only a hint, so a refusal is no error.
                 let _ = map.advise(Advice::Sequential);
                 let header_end = map.iter().position(|&b| b == b'\n').unwrap_or(map.len());
                 let header = String::from_utf8_lossy(&map[..header_end]).into_owned();
-                (header, Input::Mapped { next: (header_end + 1).min(map.len()), map: Arc::new(map) })
+                (header, Input::Mapped { next: (header_end + 1).min(map.len()), map: Arc::new(MappedFile::new(map, block_size)) })
             }
             _ => {
                 let mut reader = BufReader::with_capacity(1 << 20, file);
