@@ -34,9 +34,9 @@ relative to bare encoding measured just before and just after it:
 Both senders talk to the same hub, the unmodified imagezmq ImageHub of
 tests/python/imagezmq_hub.py, one per pipeline and workload, on loopback.
 It keeps every image to decode after the last run, in memory it faults in
-before the first (sized from bare encoding's JPEGs), so that receiving costs
-it little more than a hub that only counts: it shares the two cores with
-the sender.
+before the first (sized from bare encoding's JPEGs): it shares the two cores
+with the sender, and faulting memory in for each image as it arrives cost
+it half as much CPU again as receiving it (see PayloadStore in the hub).
 The first --warmup frames of every run are processed but not timed. CPU is
 the whole process's (every thread, the ZeroMQ I/O thread included), so is
 peak RSS; the peer's RSS is shown without the frames it preloads. Latency is

@@ -143,13 +143,14 @@ class PayloadStore:
     """Where the hub keeps JPEG payloads until it decodes them at the end.
 
     Kept each in memory of its own, they grow the process by a JPEG per
-    message, and its page faults cost the hub 0.25 to 0.45 ms of CPU per
-    1080p image on the 2-core benchmark machine, against 0.1 ms for a hub
-    that only counts: CPU taken from the cores that the node being measured
-    shares with the hub. So with `megabytes` the store faults that much
-    memory in up front, before the hub announces READY, and copies each
-    payload into it: 0.15 to 0.2 ms per image. A payload that no longer fits
-    is kept as it came."""
+    message, and the page faults that takes cost the hub CPU that it shares
+    with the node being measured: on the 2-core benchmark machine, 0.23 to
+    0.38 ms per 1080p image (median 0.29 over 6 runs of 400), where a hub
+    that only counts takes 0.1 to 0.13. So with `megabytes` the store faults
+    that much memory in up front, before the hub announces READY, and
+    copies each payload into it: 0.1 to 0.25 ms per image (median 0.2). A
+    payload that no longer fits is kept as it came.
+    """
 
     def __init__(self, megabytes):
         self.room = bytearray(megabytes << 20)
