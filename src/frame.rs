@@ -142,12 +142,16 @@ pub struct Spares {
     spare: Vec<FrameBuf>,
     made: usize,
     limit: usize,
+    /// Buffers not made here that may be given here too.
+    outside: usize,
 }
 
 impl Spares {
-    /// Spares of which `limit` are made before [`must_wait`](Self::must_wait) says so.
-    pub fn new(limit: usize) -> Self {
-        Spares { spare: Vec::with_capacity(limit), made: 0, limit }
+    /// Spares of which `limit` are made before [`must_wait`](Self::must_wait)
+    /// says so; `outside` more buffers, which their owners fill (the
+    /// capture and flip slots), may also be given.
+    pub fn new(limit: usize, outside: usize) -> Self {
+        Spares { spare: Vec::with_capacity(limit + outside), made: 0, limit, outside }
     }
 
     /// No spare, and the limit reached: rather than make another buffer,
@@ -160,6 +164,10 @@ impl Spares {
     pub fn take(&mut self) -> FrameBuf {
         self.spare.pop().unwrap_or_else(|| {
             self.made += 1;
+            // Room to keep every buffer there is: the limit can be passed
+            // (see `must_wait`), and the list must not grow when all of them
+            // first come back at once, later, in the steady state.
+            self.spare.reserve_exact(self.made + self.outside);
             FrameBuf::default()
         })
     }
@@ -411,6 +419,21 @@ impl FrameBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spares_past_their_limit_come_back_without_growing_the_list() {
+        let mut spares = Spares::new(1, 1);
+        let mut bufs = [spares.take(), spares.take(), spares.take(), FrameBuf::default()];
+        for buf in &mut bufs {
+            buf.resize(4, 4);
+        }
+        let room = spares.spare.capacity();
+        for buf in bufs {
+            spares.give(buf);
+        }
+        assert_eq!(spares.spare.len(), 4);
+        assert_eq!(spares.spare.capacity(), room, "giving back the buffers made grew the list");
+    }
 
     #[test]
     fn nv12_copies_to_planar_i420() {

@@ -359,7 +359,7 @@ mod tests {
         let process_cpu_before = crate::stats::resource_usage().0;
         let mut pool = EncodePool::new(workers, Format::Jpg, 90).unwrap();
         assert_eq!(pool.workers(), workers);
-        let mut spares = Spares::new(4);
+        let mut spares = Spares::new(4, 0);
         let mut big = Synthetic::new(640, 480, 1);
         let mut small = Synthetic::new(64, 48, 2);
         let mut out = Vec::new();
@@ -390,7 +390,7 @@ mod tests {
     #[test]
     fn every_frame_handed_over_can_finish_before_any_is_collected() {
         let mut pool = EncodePool::new(2, Format::Jpg, 90).unwrap();
-        let mut spares = Spares::new(4);
+        let mut spares = Spares::new(4, 0);
         let most = pool.most_frames() as u64;
         let mut scene = Synthetic::new(64, 48, 1);
         for seq in 0..most {
@@ -431,7 +431,7 @@ mod tests {
 
     #[test]
     fn a_message_waits_for_the_image_before_it() {
-        let (mut pool, mut spares) = (EncodePool::new(2, Format::Jpg, 90).unwrap(), Spares::new(4));
+        let (mut pool, mut spares) = (EncodePool::new(2, Format::Jpg, 90).unwrap(), Spares::new(4, 0));
         let mut scene = Synthetic::new(320, 240, 1);
         let mut owned = FrameBuf::default();
         scene.next_frame_into(&mut owned).unwrap().unwrap();

@@ -171,7 +171,8 @@ impl Pipeline {
             placeholder,
             current: FrameBuf::default(),
             flipped: FrameBuf::default(),
-            spares: Spares::new(pre_event.max(frames_held)),
+            // The capture slot and the flip slot are filled by their owners.
+            spares: Spares::new(pre_event.max(frames_held), 2),
             pre_event: FrameRing::new(pre_event),
             post_event_left: 0,
             burst_left: 0,

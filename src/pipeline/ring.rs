@@ -51,7 +51,7 @@ mod tests {
 
     #[test]
     fn keeps_the_newest_frames_in_order() {
-        let (mut ring, mut spares) = (FrameRing::new(2), Spares::new(4));
+        let (mut ring, mut spares) = (FrameRing::new(2), Spares::new(4, 0));
         let mut buf = FrameBuf::new(4, 4);
         for seq in 0..5 {
             buf.seq = seq;
@@ -64,7 +64,7 @@ mod tests {
 
     #[test]
     fn owned_frames_are_kept_without_a_copy_and_buffers_go_round() {
-        let (mut ring, mut spares) = (FrameRing::new(1), Spares::new(4));
+        let (mut ring, mut spares) = (FrameRing::new(1), Spares::new(4, 0));
         let mut current = FrameBuf::new(4, 4);
         let first = current.data.as_ptr();
         ring.push(&mut Captured::Owned(&mut current), &mut spares);
@@ -79,7 +79,7 @@ mod tests {
 
     #[test]
     fn cleared_buffers_are_spares() {
-        let (mut ring, mut spares) = (FrameRing::new(2), Spares::new(4));
+        let (mut ring, mut spares) = (FrameRing::new(2), Spares::new(4, 0));
         ring.push(&mut Captured::Lent(FrameBuf::new(4, 4).as_frame()), &mut spares);
         let ptr = ring.frames[0].data.as_ptr();
         ring.clear(&mut spares);
@@ -91,7 +91,7 @@ mod tests {
     #[test]
     fn zero_capacity_keeps_nothing() {
         let mut ring = FrameRing::new(0);
-        ring.push(&mut Captured::Lent(FrameBuf::new(4, 4).as_frame()), &mut Spares::new(4));
+        ring.push(&mut Captured::Lent(FrameBuf::new(4, 4).as_frame()), &mut Spares::new(4, 0));
         assert!(ring.pop_oldest().is_none());
     }
 }
