@@ -23,7 +23,7 @@ need_packages() {
         local attempt
         for attempt in 1 2 3; do
             log "apt-get update"
-            "${as_root[@]}" apt-get update -qq >&2 && break
+            "${as_root[@]}" apt-get update -qq -o DPkg::Lock::Timeout=600 >&2 && break
             # A mirror caught mid-sync serves a stale index for a while, and
             # multiarch installs need the same version of a package for
             # every architecture; after the last try the install below
@@ -35,7 +35,10 @@ need_packages() {
     log "installing ${missing[*]}"
     local apt_log=${cache:?the sourcing script sets it}/apt-install.log
     mkdir -p "$cache"
-    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" \
+    # Another apt run (a second script of the same CI job, or unattended
+    # upgrades) may hold dpkg's lock: wait for it rather than fail.
+    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        -o DPkg::Lock::Timeout=600 "${missing[@]}" \
         >"$apt_log" 2>&1 ||
         {
             tail -30 "$apt_log" >&2
