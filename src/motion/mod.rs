@@ -43,7 +43,11 @@
 //! The report carries a score (the largest object that passed every test
 //! but the size, in percent of the watched area) against its threshold
 //! (`min_area_percent`), so that the score reaches the threshold exactly when
-//! the frame shows motion, and the boxes of the accepted objects. All buffers are sized in
+//! the frame shows motion, and the boxes of the accepted objects. It also
+//! says for how many frames the detector has been following what it sees:
+//! a small object is accepted only after several frames, and the frames
+//! from when it was first seen are what the pipeline sends before the
+//! event's start. All buffers are sized in
 //! [`MotionDetector::new`]; `process` allocates nothing.
 
 mod blobs;
@@ -180,6 +184,14 @@ pub struct MotionReport {
     pub boxes: Vec<BoundingBox>,
     /// The light changed beyond compensation and the background was relearnt.
     pub light_jump: bool,
+    /// Frames in a row, this one included, in which the longest-followed
+    /// accepted object has been seen, first as a candidate (0: none is
+    /// accepted). On the frame that starts an event, the `seen_for - 1`
+    /// frames before it already showed what started it.
+    pub seen_for: u32,
+    /// The same for every object followed, candidates included: frames
+    /// older than this cannot show anything that may still become an event.
+    pub followed_for: u32,
 }
 
 /// The motion detector: feed it every frame in order.
@@ -450,6 +462,8 @@ impl MotionDetector {
         }
         report.score = 100.0 * largest as f32 / self.watched_cells as f32;
         report.active = !self.accepted.is_empty();
+        report.seen_for = self.accepted.iter().map(|&i| blobs[i as usize].age).max().unwrap_or(0);
+        report.followed_for = self.blobs.followed_for();
         report.event = self.hysteresis.update(report.active);
         report.state = self.hysteresis.state();
         report
