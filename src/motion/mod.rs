@@ -479,22 +479,29 @@ mod tests {
     const H: usize = 240;
 
     /// A textured scene with sensor noise; `object` is an optional dark
-    /// rectangle `(x, y, w, h)` and `gain` the light.
+    /// rectangle `(x, y, w, h)` and `gain` the light. With `waving`, a patch
+    /// of foliage whose leaves shift at random every frame.
     struct Scene {
         buf: FrameBuf,
         rng: u64,
+        waving: bool,
     }
 
     impl Scene {
         fn new() -> Self {
-            Scene { buf: FrameBuf::new(W, H), rng: 0x2545_F491_4F6C_DD1D }
+            Scene { buf: FrameBuf::new(W, H), rng: 0x2545_F491_4F6C_DD1D, waving: false }
         }
 
         fn frame(&mut self, object: Option<(usize, usize, usize, usize)>, gain: f32) -> Frame<'_> {
             let (y_plane, _, _) = self.buf.planes_mut();
+            // Leaves 3 pixels wide in a 60x40 patch, shifted 0-2 pixels each frame.
+            let sway = (self.rng % 3) as usize;
             for (i, p) in y_plane.iter_mut().enumerate() {
                 let (x, y) = (i % W, i / W);
                 let mut v = 60.0 + 100.0 * y as f32 / H as f32 + if (x / 16 + y / 8) % 2 == 0 { 15.0 } else { 0.0 };
+                if self.waving && (220..280).contains(&x) && (20..60).contains(&y) {
+                    v = if ((x + sway) / 3 + (y / 4) * 7) % 5 < 2 { 70.0 } else { 120.0 };
+                }
                 if let Some((ox, oy, ow, oh)) = object {
                     if (ox..ox + ow).contains(&x) && (oy..oy + oh).contains(&y) {
                         v = 30.0;
@@ -546,6 +553,40 @@ mod tests {
         }
         assert!(first_seen.unwrap() <= 8, "seen first at step {first_seen:?}");
         assert_eq!(detector.report().state, MotionState::Moving);
+    }
+
+    #[test]
+    fn a_small_object_is_followed_from_the_frame_it_appears() {
+        let (mut scene, mut detector) = (Scene::new(), detector());
+        for _ in 0..20 {
+            detector.process(&scene.frame(None, 1.0));
+        }
+        // 6x8 pixels, 0.06 % of the frame: a small object, which counts
+        // only once followed for several frames and some distance.
+        let mut accepted = None;
+        for step in 0..20 {
+            let report = detector.process(&scene.frame(Some((100 + 2 * step, 150, 6, 8)), 1.0));
+            assert!(report.followed_for as usize == step + 1, "step {step}: followed for {} frames", report.followed_for);
+            if report.active && accepted.is_none() {
+                accepted = Some(step);
+                // Seen since it appeared: the frames before an event that show it.
+                assert_eq!(report.seen_for as usize, step + 1);
+            }
+        }
+        let accepted = accepted.expect("the small object was never accepted");
+        assert!((3..=8).contains(&accepted), "accepted at step {accepted}");
+    }
+
+    #[test]
+    fn waving_leaves_are_never_accepted_nor_followed_for_long() {
+        let (mut scene, mut detector) = (Scene::new(), detector());
+        scene.waving = true;
+        for t in 0..300 {
+            let report = detector.process(&scene.frame(None, 1.0));
+            assert!(!report.active && report.seen_for == 0 && report.event.is_none(), "frame {t}: score {}", report.score);
+            // Frames before it are kept as JPEGs in case an event starts.
+            assert!(report.followed_for <= 4, "frame {t}: leaves followed for {} frames", report.followed_for);
+        }
     }
 
     #[test]
