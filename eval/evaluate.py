@@ -82,7 +82,7 @@ def per_frame(active, in_event, labels):
     }
 
 
-def delivered(sent, event_starts, labels):
+def delivered(sent, event_starts, labels, encoded_unsent=None):
     sent = np.asarray(sent, dtype=bool)
     hits = int(np.sum(sent & labels))
     runs = periods(labels)
@@ -93,6 +93,7 @@ def delivered(sent, event_starts, labels):
         "sent": int(sent.sum()),
         "false_events": sum(1 for t in event_starts if not labels[t]),
         "missed": sum(1 for a, b in runs if not sent[a:b].any()), "periods": len(runs),
+        "encoded_unsent": encoded_unsent,
     }
 
 
@@ -111,7 +112,8 @@ def free_port():
 
 def send_camnode(camnode, y4m, frames):
     """Runs `camnode run` on the scene into `camnode hub`; returns which
-    frames reached the hub and the frames where events started."""
+    frames reached the hub, the frames where events started, and how many
+    frames camnode encoded ahead for an event that did not come."""
     address = f"tcp://127.0.0.1:{free_port()}"
     received = y4m.with_suffix(".hub.jsonl")
     stats = y4m.with_suffix(".stats.json")
@@ -137,7 +139,7 @@ def send_camnode(camnode, y4m, frames):
             sent[message["seq"]] = True
         elif message["msg"].endswith("|motion|moving"):
             starts.append(message["seq"])
-    return sent, starts
+    return sent, starts, run.get("encoded_unsent", 0)
 
 
 def benchmark(camnode, frames=600, runs=3):
@@ -175,7 +177,8 @@ def main():
             row = {"scene": meta["name"], "description": meta["description"], "frames": len(labels), "motion": int(labels.sum())}
             active, in_event = detect_camnode(args.camnode, y4m)
             row["camnode"] = per_frame(active, in_event, labels)
-            row["camnode_sent"] = delivered(*send_camnode(args.camnode, y4m, len(labels)), labels)
+            sent, starts, unsent = send_camnode(args.camnode, y4m, len(labels))
+            row["camnode_sent"] = delivered(sent, starts, labels, unsent)
             for name, peer in (("imagenode", peers.imagenode), ("rpicam", peers.rpicam)):
                 verdicts = peer(peers.read_y4m_luma(y4m))
                 row[name] = per_frame(verdicts.active, verdicts.in_event, labels)
@@ -198,7 +201,8 @@ def report(results, check, bench):
         return f"{m['precision']:.3f} | {m['recall']:.3f} | **{m['f1']:.3f}** | {m['false_events']} | {m['missed']}/{m['periods']}"
 
     def delivered_cells(d):
-        return f"**{d['recall']:.3f}** ({d['worst_period']:.2f}) | {d['precision']:.3f} | {d['false_events']} | {d['missed']}/{d['periods']}"
+        cells = f"**{d['recall']:.3f}** ({d['worst_period']:.2f}) | {d['precision']:.3f} | {d['false_events']} | {d['missed']}/{d['periods']}"
+        return cells if d["encoded_unsent"] is None else f"{cells} | {d['encoded_unsent']}"
 
     lines = [
         BEGIN,
@@ -214,12 +218,13 @@ def report(results, check, bench):
     lines += [
         "",
         "Delivered: the frames that reach the hub. Recall of motion frames (in brackets, the lowest of any one",
-        "motion period), precision, false events, motion periods of which no frame arrived. camnode's are measured",
-        "(`camnode run` into `camnode hub`); imagenode's (`send_frames: detected event`) and rpicam-apps' (frames",
-        "whose motion flag is up) are what peers.py models them to send.",
+        "motion period), precision, false events, motion periods of which no frame arrived; for camnode also the",
+        "frames it encoded ahead for an event that did not come (encoding spent for nothing). camnode's are",
+        "measured (`camnode run` into `camnode hub`); imagenode's (`send_frames: detected event`) and rpicam-apps'",
+        "(frames whose motion flag is up) are what peers.py models them to send.",
         "",
-        "| scene | camnode R (worst) | P | false ev. | missed | imagenode R (worst) | P | false ev. | missed | rpicam R (worst) | P | false ev. | missed |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| scene | camnode R (worst) | P | false ev. | missed | unsent JPEGs | imagenode R (worst) | P | false ev. | missed | rpicam R (worst) | P | false ev. | missed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(f"| {r['scene']} | " + " | ".join(delivered_cells(r[f'{n}_sent']) for n in DETECTORS) + " |")

@@ -309,6 +309,9 @@ impl Pipeline {
         self.release();
         let result = result.and(flushed);
         self.stats.source_dropped = source.dropped();
+        // Frames kept for an event that did not come are not sent now either.
+        self.pre_event.clear(&mut self.spares, &self.pool);
+        self.stats.encoded_unsent = self.pre_event.forgotten();
         self.status.set_phase(if result.is_ok() { Phase::Stopped } else { Phase::Failed });
         // On a signal the whole exit must fit in 2 s, and the spool waits for
         // the next start; at the end of a finite run (or a failed source) the

@@ -46,6 +46,8 @@ pub struct FrameRing {
     /// they come back: the encoder's ticket for each, and its sequence
     /// number (none once the ring was cleared: given back when it comes).
     encoding: VecDeque<(u64, Option<u64>)>,
+    /// Encoded frames forgotten unsent so far.
+    forgotten: u64,
 }
 
 impl FrameRing {
@@ -62,6 +64,7 @@ impl FrameRing {
             encoded_capacity,
             encoded: VecDeque::with_capacity(encoded_capacity),
             encoding: VecDeque::with_capacity(if encoded_capacity > 0 { encoder_messages } else { 0 }),
+            forgotten: 0,
         }
     }
 
@@ -73,6 +76,16 @@ impl FrameRing {
     /// The most frames kept encoded: payload buffers the pipeline stocks for.
     pub fn encoded_capacity(&self) -> usize {
         self.encoded_capacity
+    }
+
+    /// Frames encoded ahead and forgotten unsent so far.
+    pub fn forgotten(&self) -> u64 {
+        self.forgotten
+    }
+
+    fn forget(&mut self, message: Message, pool: &BufferPool) {
+        self.forgotten += 1;
+        pool.give(message.header, message.payload);
     }
 
     /// Keeps `frame` raw (an owned one's buffer, a copy of a lent one) and
@@ -114,12 +127,12 @@ impl FrameRing {
     /// ring no longer wants (it was cleared meanwhile) is given back.
     pub fn file_encoded(&mut self, message: Message, pool: &BufferPool) {
         let Some((_, Some(seq))) = self.encoding.pop_front() else {
-            pool.give(message.header, message.payload);
+            self.forget(message, pool);
             return;
         };
         if self.encoded.len() == self.encoded_capacity {
             if let Some((_, oldest)) = self.encoded.pop_front() {
-                pool.give(oldest.header, oldest.payload);
+                self.forget(oldest, pool);
             }
         }
         self.encoded.push_back((seq, message));
@@ -129,7 +142,7 @@ impl FrameRing {
     pub fn forget_before(&mut self, oldest_useful: u64, spares: &mut Spares, pool: &BufferPool) {
         while self.encoded.front().is_some_and(|(seq, _)| *seq < oldest_useful) {
             if let Some((_, message)) = self.encoded.pop_front() {
-                pool.give(message.header, message.payload);
+                self.forget(message, pool);
             }
         }
         while self.raw.front().is_some_and(|frame| frame.seq < oldest_useful) {
@@ -227,6 +240,7 @@ mod tests {
         // Frames 0 and 1 are encoded, 2, 3 and 4 raw: forget 0, 1 and 2.
         let raw_buffer = ring.raw[0].data.as_ptr();
         ring.forget_before(3, &mut spares, &pool);
+        assert_eq!(ring.forgotten(), 2);
         assert_eq!(pool.take().1.as_ptr(), payloads[1], "an encoded frame's buffers went back to the pool");
         assert_eq!(spares.take().data.as_ptr(), raw_buffer, "a raw frame's buffer went back to the spares");
         assert_eq!(kept(&mut ring), [('r', 3), ('r', 4)]);
@@ -243,6 +257,7 @@ mod tests {
         ring.file_encoded(encoded, &pool);
         assert!(!ring.awaits_encoded());
         assert!(ring.pop_oldest().is_none());
+        assert_eq!(ring.forgotten(), 1);
         assert_eq!(pool.take().1.as_ptr(), payload);
     }
 
