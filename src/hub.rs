@@ -15,8 +15,8 @@ use anyhow::{bail, Context, Result};
 use log::{info, warn};
 use serde::Serialize;
 
-use crate::config::Mode;
 use crate::transport::security::{Curve, Role, SecurityConfig};
+use crate::transport::Mode;
 use crate::transport::wire::{parse_header, Header};
 
 /// How a hub is set up.

@@ -25,7 +25,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::Result;
 use camnode::capture::{FrameSource, Synthetic, Y4mReader};
-use camnode::config::{Config, Rate, SendPolicy};
+use camnode::capture::Rate;
+use camnode::config::Config;
+use camnode::encode::SendPolicy;
 use camnode::flip::Flip;
 use camnode::frame::{Frame, FrameBuf};
 use camnode::pipeline::Pipeline;

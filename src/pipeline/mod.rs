@@ -19,9 +19,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use log::{debug, info, warn};
 
-use crate::capture::{self, FrameSource, OpenOptions};
-use crate::config::{Config, Format, Rate, SendPolicy};
-use crate::encode::{payload_room, placeholder_jpeg, worker_count, EncodePool};
+use crate::capture::{self, FrameSource, OpenOptions, Rate};
+use crate::config::Config;
+use crate::control::Control;
+use crate::encode::{payload_room, placeholder_jpeg, worker_count, EncodePool, Format, SendPolicy};
 use crate::flip::{flip_into, Flip};
 use crate::frame::{unix_now, Captured, Frame, FrameBuf, Spares};
 use crate::gpio::TriggerMode;
@@ -37,15 +38,6 @@ use ring::FrameRing;
 /// the one the sender is delivering, one it replays from the spool, and the
 /// event and notice messages queued between images.
 const MESSAGES_IN_HAND: usize = 4;
-
-/// Messages that reach the main loop from outside the camera.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Control {
-    /// Stop: a signal, or the end of a test.
-    Quit,
-    /// The trigger input was pressed; `[gpio] trigger_mode` says what that does.
-    Trigger,
-}
 
 /// The fixed texts of this node's messages, built once. Shared (`Arc<str>`),
 /// so that the hot path hands one to a message without allocating.

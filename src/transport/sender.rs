@@ -28,8 +28,7 @@ use log::{debug, info, warn};
 
 use super::security::{Curve, Role, SecurityConfig};
 use super::spool::{Spool, SpoolConfig, SpoolCounts, SpoolKey};
-use super::{BufferPool, Message};
-use crate::config::{Mode, TransportConfig};
+use super::{BufferPool, Message, Mode, TransportConfig};
 use crate::frame::unix_now;
 use crate::queue::{Queue, TryPop};
 use crate::stats::LatencyRecorder;

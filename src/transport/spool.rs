@@ -39,7 +39,8 @@ use serde::{Deserialize, Serialize};
 
 use super::wire::{parse_header, Message, MessageKind};
 use super::BufferPool;
-use crate::config::{Checker, Mode};
+use super::Mode;
+use crate::settings::Checker;
 
 /// Where the spool lives unless configured: the service's state directory.
 pub const DEFAULT_DIR: &str = "/var/lib/camnode/spool";
