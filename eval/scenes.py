@@ -16,7 +16,7 @@ moved between the previous frame and this one. The footage is played forward
   vtest has a person moving in every one of its 400 frames is checked, not
   assumed: `check_vtest` finds the people against the clip's median
   background and requires in each frame a person-sized blob that also changed
-  since the previous frame; the numbers go into RESULTS.md.
+  since the previous frame; the numbers go into docs/motion.md.
 - tree: frames 53-67 of the clip show a hand; a frame is motion when the hand
   is in it or in the frame before (so the frame where it leaves counts).
   Waving leaves alone are not motion: that is what nobody wants reported.

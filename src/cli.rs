@@ -12,14 +12,18 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crate::capture::SourceSpec;
-use crate::config::{Checker, Config, ConfigOrigin, Format, Mode, Rate, SendPolicy};
+use crate::capture::{Rate, SourceSpec};
+use crate::config::Config;
+use crate::control::Control;
+use crate::encode::{Format, SendPolicy};
+use crate::settings::{Checker, ConfigOrigin};
 use crate::flip::Flip;
 use crate::gpio::Gpio;
 use crate::hub::{Hub, HubConfig};
-use crate::pipeline::{detect_frames, Control, Pipeline};
-use crate::transport::security::{self, Role, SecurityConfig};
+use crate::pipeline::{detect_frames, Pipeline};
 use crate::status::{NodeStatus, Phase};
+use crate::transport::security::{self, Role, SecurityConfig};
+use crate::transport::Mode;
 
 #[derive(Parser, Debug)]
 #[command(name = "camnode", version, about = "A lean imagezmq-compatible camera node: capture, detect motion, send JPEGs over ZeroMQ")]

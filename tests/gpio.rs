@@ -13,12 +13,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use camnode::capture::SourceSpec;
-use camnode::config::{Config, Rate};
+use camnode::capture::Rate;
+use camnode::config::Config;
 use camnode::gpio::fake::{FakeGpio, Write};
 use camnode::gpio::led::FATAL_SHOW;
 use camnode::gpio::{ActiveLevel, Gpio, GpioConfig, Pull, TriggerMode};
 use camnode::hub::{Hub, HubConfig, Received};
-use camnode::pipeline::{Control, Pipeline};
+use camnode::control::Control;
+use camnode::pipeline::Pipeline;
 use camnode::stats::RunStats;
 use camnode::status::{NodeStatus, Phase};
 use support::{camnode, free_port, run_to_end};

@@ -5,6 +5,7 @@
 //! is what lets a camera buffer go back to the driver as soon as the pipeline
 //! is done with it. [`open`] picks the variant from a `--source` spec.
 
+mod config;
 mod i420;
 mod jpeg_dir;
 #[cfg(feature = "libcamera")]
@@ -19,6 +20,7 @@ use std::str::FromStr;
 use anyhow::Result;
 
 use crate::frame::{Frame, FrameBuf};
+pub use config::{CaptureConfig, Rate, Size};
 pub use i420::I420Reader;
 pub use jpeg_dir::JpegDir;
 pub use synthetic::Synthetic;

@@ -4,6 +4,7 @@
 //! its compressor, scratch buffers and output stay allocated. [`EncodePool`]
 //! runs one encoder per worker thread and keeps the output in capture order.
 
+mod config;
 mod pool;
 mod raw;
 
@@ -14,8 +15,8 @@ use anyhow::{bail, Context, Result};
 use turbojpeg::Subsamp;
 use turbojpeg_sys as tj;
 
-use crate::config::Format;
 use crate::frame::{chroma_size, Frame, PixelLayout};
+pub use config::{EncodeConfig, Format, SendPolicy};
 pub use pool::{worker_count, EncodePool};
 pub use raw::i420_to_bgr;
 

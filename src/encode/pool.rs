@@ -30,7 +30,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 
 use super::Encoder;
-use crate::config::Format;
+use super::Format;
 use crate::frame::{Captured, FrameBuf, Spares};
 use crate::queue::{Queue, TryPop};
 use crate::stats::thread_cpu_time;

@@ -31,7 +31,7 @@ use log::{info, warn};
 pub use config::{ActiveLevel, GpioConfig, Pull, TriggerMode};
 use led::Led;
 
-use crate::pipeline::Control;
+use crate::control::Control;
 use crate::status::NodeStatus;
 
 /// A level change on an input pin, as the kernel reports it.

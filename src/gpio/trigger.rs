@@ -18,7 +18,7 @@ use anyhow::Result;
 use log::{debug, info};
 
 use super::{ActiveLevel, Backend, Edge, GpioConfig, InputPin};
-use crate::pipeline::Control;
+use crate::control::Control;
 
 /// Turns raw edges into presses.
 #[derive(Clone, Debug)]

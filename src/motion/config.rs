@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Checker;
+use crate::settings::Checker;
 
 /// Settings of the motion detector. The defaults are what the evaluation in
 /// `eval/` measures; most cameras need nothing else than an ROI or a mask.
@@ -145,7 +145,7 @@ mod tests {
 
     #[test]
     fn bad_values_are_reported_with_the_key() {
-        let origin = crate::config::ConfigOrigin::default();
+        let origin = crate::settings::ConfigOrigin::default();
         let mut check = Checker::new(&origin);
         let config = MotionConfig { noise_factor: 0.0, mask_file: Some("/nonexistent/mask.pgm".into()), ..Default::default() };
         config.check(&mut check);

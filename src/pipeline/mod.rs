@@ -14,16 +14,17 @@
 
 mod ring;
 
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use log::{debug, info, warn};
 
-use crate::capture::{self, FrameSource, OpenOptions};
-use crate::config::{Config, Format, Rate, SendPolicy};
-use crate::encode::{payload_room, placeholder_jpeg, worker_count, EncodePool};
+use crate::capture::{self, FrameSource, OpenOptions, Rate};
+use crate::config::Config;
+use crate::control::Control;
+use crate::encode::{payload_room, placeholder_jpeg, worker_count, EncodePool, Format, SendPolicy};
 use crate::flip::{flip_into, Flip};
 use crate::frame::{unix_now, Captured, Frame, FrameBuf, Spares};
 use crate::gpio::TriggerMode;
@@ -32,8 +33,12 @@ use crate::stats::{lap, thread_cpu_time, RunStats};
 use crate::status::{NodeStatus, Phase};
 use crate::systemd::{Notifier, Notify};
 use crate::transport::wire::{OutHeader, HEADER_ROOM};
-use crate::transport::{BufferPool, Buffers, Message, MessageKind, Sender, Shutdown};
+use crate::transport::{BufferPool, Buffers, Message, MessageKind, Sender, Shutdown, SpoolKeep};
 use ring::{FrameRing, Kept};
+
+/// How often a wait for room in the send queue looks at the control
+/// channel, so that a signal still stops a node that waits on a slow hub.
+const ROOM_CHECK: Duration = Duration::from_millis(100);
 
 /// Messages out at once besides those in the send queue and the encoders:
 /// the one the sender is delivering, one it replays from the spool, and the
@@ -53,15 +58,6 @@ enum Decision {
     HoldBack,
     /// Kept in case an event starts (with nothing to send, not even that).
     Keep,
-}
-
-/// Messages that reach the main loop from outside the camera.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Control {
-    /// Stop: a signal, or the end of a test.
-    Quit,
-    /// The trigger input was pressed; `[gpio] trigger_mode` says what that does.
-    Trigger,
 }
 
 /// The fixed texts of this node's messages, built once. Shared (`Arc<str>`),
@@ -112,6 +108,15 @@ pub struct Pipeline {
     /// Bytes every payload buffer reserves: the largest image of this run.
     payload_room: usize,
     status: Arc<NodeStatus>,
+    /// Quit and trigger messages from signals and the GPIO trigger.
+    controls: Receiver<Control>,
+    /// A control message that came while `offer` waited for room; acted on
+    /// before the next frame.
+    deferred: Vec<Control>,
+    /// The source has no clock of its own (a file, a pipe, the synthetic
+    /// scene) and runs at `--rate max`: it waits for room in the send queue
+    /// instead of dropping. Cameras and paced sources never wait.
+    wait_for_room: bool,
     /// Payload of event and notice messages (imagenode sends a tiny image with texts).
     placeholder: Vec<u8>,
     /// What sources that read frames (files, pipes) read into. A frame that
@@ -195,6 +200,9 @@ impl Pipeline {
             pool,
             payload_room,
             status,
+            controls,
+            deferred: Vec::new(),
+            wait_for_room: config.capture.rate == Rate::Max && !source.is_live(),
             placeholder,
             current: FrameBuf::default(),
             flipped: FrameBuf::default(),
@@ -216,10 +224,10 @@ impl Pipeline {
         };
         let threads = pipeline.encoder.workers();
         info!("encoding on {threads} thread{}", if threads == 1 { " (inline)" } else { "s" });
-        pipeline.capture_loop(source.as_mut(), &controls)
+        pipeline.capture_loop(source.as_mut())
     }
 
-    fn capture_loop(&mut self, source: &mut dyn FrameSource, controls: &Receiver<Control>) -> Result<RunStats> {
+    fn capture_loop(&mut self, source: &mut dyn FrameSource) -> Result<RunStats> {
         let started = Instant::now();
         self.status.set_phase(Phase::Running);
         self.notice(&self.texts.restart.clone(), 0);
@@ -244,7 +252,11 @@ impl Pipeline {
                 break Ok(());
             }
             let wait = pace.map_or(Duration::ZERO, |_| next_due.saturating_duration_since(Instant::now()));
-            match controls.recv_timeout(wait) {
+            let control = match self.deferred.pop() {
+                Some(control) => Ok(control),
+                None => self.controls.recv_timeout(wait),
+            };
+            match control {
                 Ok(Control::Quit) | Err(RecvTimeoutError::Disconnected) => {
                     quit = true;
                     break Ok(());
@@ -471,7 +483,7 @@ impl Pipeline {
         while let Some(kept) = self.pre_event.pop_oldest() {
             match kept {
                 Kept::Encoded(mut message) => {
-                    message.durable = self.in_event;
+                    message.durable = self.durable();
                     self.stats.encoded += 1;
                     self.pass(message);
                     self.release();
@@ -531,7 +543,7 @@ impl Pipeline {
 
     fn send_image(&mut self, captured: &mut Captured, motion: Option<(f32, &[BoundingBox])>) -> Result<()> {
         let mut message = self.image_message(&captured.frame(), motion);
-        message.durable = self.in_event;
+        message.durable = self.durable();
         self.hand_to_encoder(captured, message)?;
         self.stats.encoded += 1;
         Ok(())
@@ -554,6 +566,11 @@ impl Pipeline {
         };
         let (header_buf, payload) = self.take_buffers();
         Message::new(MessageKind::Image, &header, header_buf, payload)
+    }
+
+    /// Images of an event must arrive; with `[spool] keep = "all"`, every image must.
+    fn durable(&self) -> bool {
+        self.in_event || self.config.spool.keep == SpoolKeep::All
     }
 
     /// Hands a frame and its message to the encoder, which gives the
@@ -640,20 +657,46 @@ impl Pipeline {
         }
     }
 
-    /// Hands a message to the sender. On a full queue the sender spools event
-    /// messages; anything else is dropped, counted and logged.
-    fn offer(&mut self, message: Message) {
+    /// Hands a message to the sender. A source without a clock waits for
+    /// room; otherwise, on a full queue, the sender spools event messages
+    /// and anything else is dropped, counted and logged.
+    fn offer(&mut self, mut message: Message) {
+        if self.wait_for_room {
+            loop {
+                let Some(sender) = &self.sender else { return };
+                match sender.offer_until(message, Instant::now() + ROOM_CHECK) {
+                    Ok(()) => return,
+                    Err(back) => message = back,
+                }
+                if self.quit_requested() {
+                    break;
+                }
+            }
+        }
         let Some(sender) = &self.sender else { return };
         if let Err(message) = sender.offer(message) {
             self.stats.dropped += 1;
             self.status.note_drop();
             if self.stats.dropped.is_power_of_two() {
-                warn!("send queue full: dropped a {:?} message ({} dropped so far)", message.kind, self.stats.dropped);
+                warn!("send queue full: dropped {} ({} dropped so far)", message.kind.with_article(), self.stats.dropped);
             } else {
-                debug!("send queue full: dropped a {:?} message", message.kind);
+                debug!("send queue full: dropped {}", message.kind.with_article());
             }
             self.pool.give(message.header, message.payload);
         }
+    }
+
+    /// Takes what came on the control channel while the loop was busy
+    /// elsewhere, keeping it for the loop; true once a quit is among it.
+    fn quit_requested(&mut self) -> bool {
+        loop {
+            match self.controls.try_recv() {
+                Ok(control) => self.deferred.insert(0, control),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => self.deferred.insert(0, Control::Quit),
+            }
+        }
+        self.deferred.contains(&Control::Quit)
     }
 
     fn finish_sending(&mut self, how: Shutdown) {
@@ -663,7 +706,7 @@ impl Pipeline {
                 warn!("{} messages were not delivered before exit", report.unsent);
             }
             if report.spool.waiting > 0 {
-                info!("{} event messages wait in the spool for the hub", report.spool.waiting);
+                info!("{} messages wait in the spool for the hub", report.spool.waiting);
             }
             self.stats.spool = report.spool;
             self.stats.sent = report.sent;

@@ -33,7 +33,8 @@ use anyhow::{bail, Context, Result};
 use log::{debug, error, info, warn};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Checker, Mode};
+use super::Mode;
+use crate::settings::Checker;
 
 /// `[security]`: CURVE keys. Without any of them, links are plaintext as in imagezmq.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -593,7 +594,7 @@ impl Curve {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ConfigOrigin;
+    use crate::settings::ConfigOrigin;
 
     fn problems(config: &SecurityConfig, role: Role) -> String {
         let origin = ConfigOrigin::default();

@@ -28,8 +28,7 @@ use log::{debug, info, warn};
 
 use super::security::{Curve, Role, SecurityConfig};
 use super::spool::{Spool, SpoolConfig, SpoolCounts, SpoolKey};
-use super::{BufferPool, Message};
-use crate::config::{Mode, TransportConfig};
+use super::{BufferPool, Message, Mode, TransportConfig};
 use crate::frame::unix_now;
 use crate::queue::{Queue, TryPop};
 use crate::stats::LatencyRecorder;
@@ -210,6 +209,13 @@ impl Sender {
                 Err(message)
             }
         }
+    }
+
+    /// Queues a message, waiting until `deadline` for room; the message
+    /// comes back if there is none by then. For sources that can wait for
+    /// the network, which then never drop or spool for a full queue.
+    pub fn offer_until(&self, message: Message, deadline: Instant) -> std::result::Result<(), Message> {
+        self.queue.0.push_until(message, deadline)
     }
 
     /// Stops taking messages, delivers what it can in the time `how` allows,

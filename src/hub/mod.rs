@@ -3,20 +3,27 @@
 //! way imagehub does: JPEGs under `DIR/YYYY-MM-DD/NODE-VIEW-TIME.jpg`, event
 //! and heartbeat texts appended to a log. Delivery from a REQ node is
 //! at-least-once, so the hub drops repeats by node, boot and sequence number.
+//! Every accepted message is shown to the hub's [`Observer`]s ([`observe`]).
+
+pub mod observe;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use log::{info, warn};
+use bytes::Bytes;
 use serde::Serialize;
 
-use crate::config::Mode;
+pub use observe::{Accepted, Kind, Observer};
+
 use crate::transport::security::{Curve, Role, SecurityConfig};
+use crate::transport::Mode;
 use crate::transport::wire::{parse_header, Header};
 
 /// How a hub is set up.
@@ -131,6 +138,7 @@ pub struct Hub {
     _curve: Option<Curve>,
     log: Option<File>,
     recent: RecentIds,
+    observers: Vec<Arc<dyn Observer>>,
     pub summary: HubSummary,
 }
 
@@ -173,7 +181,12 @@ impl Hub {
             }
             None => None,
         };
-        Ok(Hub { config, socket, _context: context, _curve: curve, log, recent: RecentIds::default(), summary: HubSummary::default() })
+        Ok(Hub { config, socket, _context: context, _curve: curve, log, recent: RecentIds::default(), observers: Vec::new(), summary: HubSummary::default() })
+    }
+
+    /// Shows every message accepted from now on to `observer`.
+    pub fn observe(&mut self, observer: Arc<dyn Observer>) {
+        self.observers.push(observer);
     }
 
     /// Waits up to `timeout` for one message. `Ok(None)`: nothing arrived, or
@@ -186,7 +199,7 @@ impl Hub {
             Err(e) => return Err(e.into()),
         }
         let parts = self.socket.recv_multipart(0)?;
-        let handled = self.handle(&parts);
+        let handled = self.handle(parts);
         // Reply only after the message is stored: an acknowledged message is
         // the node's to forget, so a hub killed mid-save must not have said OK.
         if self.config.mode == Mode::Req {
@@ -202,13 +215,14 @@ impl Hub {
         })
     }
 
-    fn handle(&mut self, parts: &[Vec<u8>]) -> Handled {
-        let [header, payload] = parts else {
+    fn handle(&mut self, parts: Vec<Vec<u8>>) -> Handled {
+        let frames = parts.len();
+        let Ok([raw_header, payload]) = <[Vec<u8>; 2]>::try_from(parts) else {
             self.summary.bad += 1;
-            warn!("dropped a message of {} frames: imagezmq messages have 2", parts.len());
+            warn!("dropped a message of {frames} frames: imagezmq messages have 2");
             return Handled::Skipped;
         };
-        let header = match parse_header(header) {
+        let header = match parse_header(&raw_header) {
             Ok(h) => h,
             Err(e) => {
                 self.summary.bad += 1;
@@ -220,7 +234,7 @@ impl Hub {
             self.summary.duplicates += 1;
             return Handled::Skipped;
         }
-        let mut received = match describe(&header, payload) {
+        let mut received = match describe(&header, &payload) {
             Ok(r) => r,
             Err(e) => {
                 self.summary.bad += 1;
@@ -228,11 +242,17 @@ impl Hub {
                 return Handled::Skipped;
             }
         };
-        if let Err(e) = self.store(&mut received, payload) {
+        if let Err(e) = self.store(&mut received, &payload) {
             warn!("cannot store {:?}: {e:#}; the node will send it again", header.msg);
             return Handled::NotStored;
         }
         self.recent.remember(&header);
+        if !self.observers.is_empty() {
+            let accepted = accepted(&received, header, raw_header.into(), payload.into());
+            for observer in &self.observers {
+                observer.accepted(&accepted);
+            }
+        }
         Handled::Stored(received)
     }
 
@@ -325,6 +345,30 @@ fn describe(header: &Header, payload: &[u8]) -> Result<Received> {
     Ok(received)
 }
 
+/// What observers see of a stored message.
+fn accepted(received: &Received, header: Header, raw_header: Bytes, payload: Bytes) -> Accepted {
+    let kind = match received.kind {
+        "jpg" => Kind::Jpeg,
+        "image" => Kind::Array,
+        "event" => Kind::Event,
+        _ if received.msg.ends_with("|Heartbeat") => Kind::Heartbeat,
+        _ => Kind::Text,
+    };
+    // "NODE VIEW|..." names a view; "NODE|..." texts are node-wide.
+    let first = received.msg.split('|').next().unwrap_or("");
+    let view = first.split_once(' ').map(|(_, view)| view.to_string());
+    Accepted {
+        kind,
+        node: received.node.clone().unwrap_or_default(),
+        view,
+        header,
+        raw_header,
+        payload,
+        received: crate::frame::unix_now(),
+        stored: received.path.clone(),
+    }
+}
+
 /// `DIR/YYYY-MM-DD/NODE-VIEW-YYYY-MM-DDTHH.MM.SS.ffffff.jpg`, as imagehub names images.
 fn image_path(dir: &Path, msg: &str, ts: f64) -> PathBuf {
     let name = msg.trim_end_matches("|jpg").replace([' ', '/', '|'], "-");
@@ -409,5 +453,41 @@ mod tests {
         let (received, reply) = exchange(&mut hub);
         assert_eq!((received.is_none(), reply.as_slice()), (true, &b"OK"[..]));
         assert_eq!((hub.summary.images, hub.summary.duplicates), (1, 1));
+    }
+
+    #[test]
+    fn observers_see_each_accepted_message_once() {
+        #[derive(Default)]
+        struct Seen(std::sync::Mutex<Vec<(Kind, String, Option<String>, usize)>>);
+        impl Observer for Seen {
+            fn accepted(&self, m: &Accepted) {
+                self.0.lock().unwrap().push((m.kind, m.node.clone(), m.view.clone(), m.payload.len()));
+            }
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut hub = Hub::open(HubConfig { bind: format!("tcp://127.0.0.1:{port}"), ..HubConfig::default() }).unwrap();
+        let seen = Arc::new(Seen::default());
+        hub.observe(seen.clone());
+        let context = zmq::Context::new();
+        let node = context.socket(zmq::REQ).unwrap();
+        node.connect(&format!("tcp://127.0.0.1:{port}")).unwrap();
+        let jpeg = crate::encode::placeholder_jpeg().unwrap();
+        let messages: [&[u8]; 4] = [
+            br#"{"msg": "yard Cam|jpg", "node": "yard", "boot": 1, "seq": 1}"#,
+            br#"{"msg": "yard Cam|jpg", "node": "yard", "boot": 1, "seq": 1}"#,
+            br#"{"msg": "yard Cam|motion|moving", "node": "yard", "boot": 1, "seq": 2}"#,
+            br#"{"msg": "yard|Heartbeat", "uptime_s": 5}"#,
+        ];
+        for header in messages {
+            node.send_multipart([header, &jpeg[..]], 0).unwrap();
+            hub.receive(Duration::from_secs(5)).unwrap();
+            assert_eq!(node.recv_bytes(0).unwrap(), b"OK");
+        }
+        let cam = Some("Cam".to_string());
+        assert_eq!(*seen.0.lock().unwrap(), [
+            (Kind::Jpeg, "yard".into(), cam.clone(), jpeg.len()),
+            (Kind::Event, "yard".into(), cam, jpeg.len()),
+            (Kind::Heartbeat, "yard".into(), None, jpeg.len()),
+        ]);
     }
 }
