@@ -120,8 +120,8 @@ def send_camnode(camnode, y4m, frames):
     with tempfile.TemporaryDirectory(prefix="camnode-eval-spool-") as spool:
         hub = subprocess.Popen([str(camnode), "hub", "--bind", address, "--jsonl", str(received)], stderr=subprocess.DEVNULL)
         try:
-            # As fast as camnode goes: on a full send queue event frames wait
-            # in the spool, which is emptied before the run ends.
+            # As fast as camnode goes: a file at --rate max waits for room in
+            # the send queue. The spool of its own keeps the system's out.
             subprocess.run([str(camnode), "run", "--source", f"y4m:{y4m}", "--rate", "max", "--hub", address,
                             "--heartbeat", "0", "--spool", spool, "--stats-json", str(stats)],
                            check=True, env={**os.environ, "RUST_LOG": "error"})

@@ -46,7 +46,7 @@ impl Crossing {
 /// A still textured yard with sensor noise, a waving bush and the crossings.
 fn write_scene(path: &std::path::Path) {
     let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    write!(out, "YUV4MPEG2 W{W} H{H} F10:1 Ip A1:1 C420jpeg\n").unwrap();
+    writeln!(out, "YUV4MPEG2 W{W} H{H} F10:1 Ip A1:1 C420jpeg").unwrap();
     let mut rng = 0x9E37_79B9_7F4A_7C15_u64;
     let mut next = move || {
         rng ^= rng << 13;
