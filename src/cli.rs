@@ -49,9 +49,9 @@ pub enum Command {
     Config(RunArgs),
     /// Make a CURVE key pair for [security]: NAME.key (public) and NAME.key_secret (secret, mode 0600).
     Keygen(KeygenArgs),
-    /// List the cameras libcamera can see.
+    /// List the cameras libcamera can see, with their formats, sizes and controls.
     #[cfg(feature = "libcamera")]
-    Cameras,
+    Cameras(CamerasArgs),
 }
 
 /// Node settings that can come from flags; each overrides its config key.
@@ -160,6 +160,13 @@ pub struct HubArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct CamerasArgs {
+    /// Print JSON, for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
 pub struct KeygenArgs {
     /// Where and under which name to write the pair, e.g. /etc/camnode/garage
     /// for /etc/camnode/garage.key and /etc/camnode/garage.key_secret.
@@ -213,7 +220,7 @@ impl NodeFlags {
             set("source");
         }
         if let Some(v) = self.rate {
-            config.capture.rate = v;
+            config.capture.rate = Some(v);
             set("rate");
         }
         if let Some(v) = self.frames {
@@ -318,8 +325,8 @@ pub fn main(cli: Cli) -> Result<()> {
         Command::Detect(args) => detect(&args),
         Command::Demo(args) => demo(&args),
         #[cfg(feature = "libcamera")]
-        Command::Cameras => {
-            print!("{}", crate::capture::libcamera::list_cameras()?);
+        Command::Cameras(args) => {
+            print!("{}", crate::capture::libcamera::list_cameras(args.json)?);
             Ok(())
         }
     }

@@ -244,7 +244,7 @@ fn count(received: &[Received], msg: &str) -> usize {
 fn still_scene() -> Config {
     let mut config = Config::default();
     config.motion.min_area_percent = 100.0;
-    config.capture.rate = Rate::Fps(50.0);
+    config.capture.rate = Some(Rate::Fps(50.0));
     config
 }
 
@@ -292,7 +292,7 @@ fn capture_mode_burst_shows_as_an_event_while_it_lasts() {
 /// The synthetic scene's walker crosses frames 60-119: a motion event.
 fn arm_mode_run(presses: u32) -> Vec<Received> {
     let mut config = Config::default();
-    config.capture.rate = Rate::Max;
+    config.capture.rate = Some(Rate::Max);
     config.capture.frames = 150;
     config.gpio.trigger_mode = TriggerMode::Arm;
     let (received, stats, _) = Node::start(config, presses).finish();

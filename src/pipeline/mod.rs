@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use log::{debug, info, warn};
 
-use crate::capture::{self, FrameSource, OpenOptions, Rate};
+use crate::capture::{self, FrameSource, Rate, DEFAULT_FILE_FPS};
 use crate::config::Config;
 use crate::control::Control;
 use crate::encode::{payload_room, placeholder_jpeg, worker_count, EncodePool, Format, SendPolicy};
@@ -120,16 +120,7 @@ pub struct Pipeline {
 impl Pipeline {
     /// Opens the source and the transport; nothing is sent yet.
     pub fn run(config: &Config, controls: Receiver<Control>, status: Arc<NodeStatus>) -> Result<RunStats> {
-        let options = OpenOptions {
-            size: config.capture.size.map(|s| (s.width, s.height)),
-            fps: match config.capture.rate {
-                Rate::Fps(fps) => Some(fps),
-                Rate::Max => None,
-            },
-            flip: config.capture.flip,
-            seed: config.capture.seed,
-        };
-        let source = capture::open(&config.capture.source, &options)
+        let source = capture::open(&config.capture)
             .with_context(|| format!("cannot open [capture] source = \"{}\"", config.capture.source))?;
         info!("capturing {}x{} from {}", source.size().0, source.size().1, config.capture.source);
         Pipeline::run_source(config, source, controls, status)
@@ -187,8 +178,10 @@ impl Pipeline {
         self.status.set_phase(Phase::Running);
         self.notice(&self.texts.restart.clone(), 0);
         let pace = match self.config.capture.rate {
-            Rate::Fps(fps) if !source.is_live() => Some(Duration::from_secs_f64(1.0 / fps)),
-            _ => None,
+            _ if source.is_live() => None,
+            Some(Rate::Max) => None,
+            Some(Rate::Fps(fps)) => Some(Duration::from_secs_f64(1.0 / fps)),
+            None => Some(Duration::from_secs_f64(1.0 / DEFAULT_FILE_FPS)),
         };
         let heartbeat = (self.config.node.heartbeat > 0.0).then(|| Duration::from_secs_f64(self.config.node.heartbeat));
         let flip = if source.flips_in_hardware() { Flip::None } else { self.config.capture.flip };
@@ -555,8 +548,7 @@ pub struct DetectSummary {
 /// Runs only the detector over a source: what `camnode detect` prints. `each`
 /// sees the detector after every frame, for its report and debug images.
 pub fn detect_frames(config: &Config, mut each: impl FnMut(u64, &MotionDetector) -> Result<()>) -> Result<DetectSummary> {
-    let options = OpenOptions { seed: config.capture.seed, flip: config.capture.flip, ..Default::default() };
-    let mut source = capture::open(&config.capture.source, &options)
+    let mut source = capture::open(&config.capture)
         .with_context(|| format!("cannot open source \"{}\"", config.capture.source))?;
     let (width, height) = source.size();
     let mut detector = MotionDetector::new(&config.motion, width, height)?;
