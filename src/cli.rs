@@ -50,6 +50,8 @@ pub enum Command {
     Config(RunArgs),
     /// Make a CURVE key pair for [security]: NAME.key (public) and NAME.key_secret (secret, mode 0600).
     Keygen(KeygenArgs),
+    /// Check this node: camera, GPIO, keys, hub, spool, clock, service; each failure with its fix.
+    Doctor(DoctorArgs),
     /// List the cameras libcamera can see, with their formats, sizes and controls.
     #[cfg(feature = "libcamera")]
     Cameras(CamerasArgs),
@@ -253,6 +255,16 @@ pub struct CamerasArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct DoctorArgs {
+    /// TOML config file to check with (default: /etc/camnode/camnode.toml if there is one).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+}
+
+/// The configuration the service reads, which `camnode doctor` checks unless told otherwise.
+const SERVICE_CONFIG: &str = "/etc/camnode/camnode.toml";
+
+#[derive(Args, Debug)]
 pub struct KeygenArgs {
     /// Where and under which name to write the pair, e.g. /etc/camnode/garage
     /// for /etc/camnode/garage.key and /etc/camnode/garage.key_secret.
@@ -425,6 +437,7 @@ pub fn main(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Detect(args) => detect(&args),
+        Command::Doctor(args) => doctor(&args),
         Command::Demo(args) => demo(&args),
         #[cfg(feature = "libcamera")]
         Command::Cameras(args) => {
@@ -495,6 +508,21 @@ fn hub(args: HubArgs) -> Result<()> {
         std::fs::write(path, serde_json::to_string_pretty(s)? + "\n")?;
     }
     Ok(())
+}
+
+fn doctor(args: &DoctorArgs) -> Result<()> {
+    let started = std::time::Instant::now();
+    let path = args.config.clone().or_else(|| Some(PathBuf::from(SERVICE_CONFIG)).filter(|p| p.exists()));
+    let loaded = match &path {
+        Some(path) => Config::load(path).and_then(|(config, origin)| config.validate(&origin).map(|()| config)),
+        None => Ok(Config::default()),
+    };
+    let (config, problem) = match loaded {
+        Ok(config) => (config, None),
+        Err(e) => (Config::default(), Some(e)),
+    };
+    let checks = crate::doctor::run(&config, path.as_deref(), problem);
+    crate::doctor::report(&checks, &mut std::io::stdout().lock(), started.elapsed())
 }
 
 fn detect(args: &DetectArgs) -> Result<()> {

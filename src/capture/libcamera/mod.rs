@@ -445,6 +445,30 @@ fn find_camera(manager: &CameraManager, id: Option<&str>) -> Result<Camera<'stat
     }
 }
 
+/// For `camnode doctor`: the libcamera this process runs with, checked
+/// against the one camnode was built for.
+pub fn runtime_version() -> Result<String> {
+    let runtime = libcamera::version::runtime_version();
+    check_version(runtime)?;
+    Ok(format!("{runtime}, as built (libcamera {})", libcamera::version::VERSION))
+}
+
+/// For `camnode doctor`: finds `camera` (the first when `None`), then
+/// acquires and releases it, which fails while another process has it.
+/// The first result says which camera it is.
+pub fn find_and_acquire(camera: Option<&str>) -> (Result<String>, Option<Result<()>>) {
+    let found = start_manager().and_then(|manager| {
+        let cam = find_camera(&manager, camera)?;
+        let what = format!("{} ({})", info::model(&cam), cam.id());
+        let acquired = cam.acquire().map(drop).map_err(|e| acquire_error(cam.id(), e));
+        Ok((what, acquired))
+    });
+    match found {
+        Ok((what, acquired)) => (Ok(what), Some(acquired)),
+        Err(e) => (Err(e), None),
+    }
+}
+
 /// Starts libcamera and finds the camera, with the Camera Module 3's sensor
 /// HDR switched as `hdr` asks first (off unless asked, as rpicam-apps does):
 /// the switch changes the modes the sensor offers, so libcamera must look at
