@@ -425,7 +425,7 @@ impl Pipeline {
             warn!("reload: a restart takes {} (systemctl restart camnode); until then it stays as it is", plan.restart.join(", "));
         }
         if plan.changed.is_empty() {
-            return info!("reload: nothing else changed");
+            return info!("reload: nothing to change");
         }
         let config = plan.config;
         let detector = if config.motion != self.config.motion {
