@@ -45,7 +45,7 @@ fn led_renders_each_state_and_goes_off_on_a_clean_exit(active_low: bool) {
     let fake = FakeGpio::new();
     let status = Arc::new(NodeStatus::default());
     let config = GpioConfig { led_pin: Some(LED), led_active_low: active_low, ..Default::default() };
-    let (tx, _rx) = channel();
+    let (tx, _rx) = channel::<Control>();
     let gpio = Gpio::with_backend(&mut fake.clone(), &config, status.clone(), tx).unwrap();
     let lit = |w: &Write| w.high != active_low;
 
@@ -110,7 +110,7 @@ fn led_shows_the_fatal_pattern_before_exit() {
     let fake = FakeGpio::new();
     let status = Arc::new(NodeStatus::default());
     let config = GpioConfig { led_pin: Some(LED), ..Default::default() };
-    let (tx, _rx) = channel();
+    let (tx, _rx) = channel::<Control>();
     let gpio = Gpio::with_backend(&mut fake.clone(), &config, status.clone(), tx).unwrap();
     status.set_phase(Phase::Failed);
     let failed_at = Instant::now();
@@ -152,7 +152,7 @@ fn debounced_presses_become_trigger_messages() {
 fn a_pin_in_use_is_refused_naming_the_setting() {
     let mut fake = FakeGpio::new();
     let config = GpioConfig { led_pin: Some(LED), ..Default::default() };
-    let (tx, _rx) = channel();
+    let (tx, _rx) = channel::<Control>();
     let _first = Gpio::with_backend(&mut fake, &config, Arc::new(NodeStatus::default()), tx.clone()).unwrap();
     let err = Gpio::with_backend(&mut fake, &config, Arc::new(NodeStatus::default()), tx).err().unwrap();
     let err = format!("{err:#}");

@@ -412,8 +412,9 @@ fn reloaded_controls_reach_the_next_request_and_a_control_the_camera_lacks_refus
     virtual_cameras();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("camnode.toml");
+    let port = free_port();
     let config = |extra: &str| {
-        format!("[capture]\nsource = \"libcamera:pattern\"\nrate = 20\n{extra}[node]\nheartbeat = 0\n[transport]\nmode = \"pub\"\nhub = \"tcp://127.0.0.1:{}\"\n", free_port())
+        format!("[capture]\nsource = \"libcamera:pattern\"\nrate = 20\n{extra}[node]\nheartbeat = 0\n[transport]\nmode = \"pub\"\nhub = \"tcp://127.0.0.1:{port}\"\n")
     };
     std::fs::write(&file, config("")).unwrap();
     let mut node = Proc::spawn(

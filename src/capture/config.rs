@@ -9,7 +9,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::controls::{self, AfMode, AfRange, Awb, AwbGains, Denoise, ExposureMode, Hdr, LensPosition, Metering, Roi, Shutter};
 use super::{parse_size, SourceSpec};
 use crate::flip::Flip;
-use crate::settings::{serde_as_string, Checker};
+use crate::settings::{number_or_text, serde_as_string, Checker};
 
 /// `[capture]`: where frames come from and how many.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -175,17 +175,7 @@ impl Serialize for Rate {
 
 impl<'de> Deserialize<'de> for Rate {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Repr {
-            Number(f64),
-            Text(String),
-        }
-        let text = match Repr::deserialize(d)? {
-            Repr::Number(n) => n.to_string(),
-            Repr::Text(t) => t,
-        };
-        text.parse().map_err(serde::de::Error::custom)
+        number_or_text(d)?.parse().map_err(serde::de::Error::custom)
     }
 }
 

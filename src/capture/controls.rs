@@ -27,7 +27,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::config::{CaptureConfig, Rate};
-use crate::settings::{serde_as_string, Checker};
+use crate::settings::{number_or_text, serde_as_string, Checker};
 
 /// Declares a key whose value is one of a few names, each mapped to the
 /// value of the libcamera enum control it sets. Several names may map to one
@@ -329,22 +329,6 @@ serde_as_numbers!(AwbGains => [red, blue], Roi => [x, y, width, height]);
 /// Comma-separated numbers, as rpicam-apps writes gains and crops.
 fn numbers(text: &str) -> Option<Vec<f32>> {
     text.split(',').map(|n| n.trim().parse::<f32>().ok().filter(|v| v.is_finite())).collect()
-}
-
-/// A TOML number or string, as text, for values written either way.
-fn number_or_text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Repr {
-        Int(i64),
-        Float(f64),
-        Text(String),
-    }
-    Ok(match Repr::deserialize(d)? {
-        Repr::Int(n) => n.to_string(),
-        Repr::Float(n) => n.to_string(),
-        Repr::Text(t) => t,
-    })
 }
 
 /// Checks what can be checked without a camera: each plain number in a
