@@ -179,10 +179,16 @@ fn camera_checks(config: &Config, camera: Option<&str>, service: Service, checks
     let opened = lc::LibcameraSource::open(camera, &config.capture).and_then(|mut source| {
         let (width, height) = source.size();
         source.next_frame()?.ok_or_else(|| anyhow::anyhow!("the camera delivered no frame"))?;
-        Ok((width, height))
+        Ok((width, height, source.left_out().to_vec()))
     });
     checks.push(match opened {
-        Ok((w, h)) => Check::pass("capture", format!("{w}x{h} with the configured rate and controls, first frame in {:.1} s", started.elapsed().as_secs_f64())),
+        Ok((w, h, left_out)) => {
+            let mut detail = format!("{w}x{h} with the configured rate and controls, first frame in {:.1} s", started.elapsed().as_secs_f64());
+            for problem in left_out {
+                detail += &format!("\n{problem}");
+            }
+            Check::pass("capture", detail)
+        }
         Err(e) => Check::fail("capture", format!("{e:#}"), "change the [capture] setting named above (`camnode cameras` shows what the camera offers)"),
     });
 }
@@ -254,11 +260,14 @@ fn hub(config: &Config, service: Service) -> Check {
         (Err(e), Mode::Pub, Service::NotRunning) => {
             Check::fail("hub", format!("{e:#}"), "another program uses the port (`ss -ltnp` names it): stop it, or set another [transport] hub")
         }
-        (Err(e), Mode::Req, _) => Check::fail(
-            "hub",
-            format!("{e:#}"),
-            format!("check that the hub runs (`camnode hub`, imagehub) at {address}, that this machine reaches it (firewall, port), and [transport] hub"),
-        ),
+        (Err(e), Mode::Req, _) => {
+            let curve = if config.security.enabled() { "; with [security], that the hub uses CURVE with this node's NAME.key in its allowed_dir" } else { "" };
+            Check::fail(
+                "hub",
+                format!("{e:#}"),
+                format!("check that the hub runs (`camnode hub`, imagehub) at {address}, that this machine reaches it (firewall, port), and [transport] hub{curve}"),
+            )
+        }
     }
 }
 

@@ -448,7 +448,9 @@ impl Pipeline {
             return info!("reload: nothing to change");
         }
         let config = plan.config;
-        let detector = if config.motion != self.config.motion {
+        // Disarmed by a press, a node whose presses no longer arm would stay so.
+        let rearm = !self.armed && config.gpio.trigger_mode != TriggerMode::Arm;
+        let detector = if config.motion != self.config.motion || rearm {
             let (width, height) = self.size;
             match MotionDetector::new(&config.motion, width, height) {
                 Ok(detector) => Some(detector),
@@ -471,6 +473,10 @@ impl Pipeline {
             }
             self.detector = detector;
             self.post_event_left = 0;
+        }
+        if rearm {
+            self.armed = true;
+            info!("reload: [gpio] trigger_mode is no longer \"arm\": motion is sent again");
         }
         if config.encode.send != SendPolicy::Motion {
             self.pre_event.clear(&mut self.spares);

@@ -104,6 +104,8 @@ pub struct LibcameraSource {
     pending: Option<UniquePtr<ControlList>>,
     /// The cookie of the request that carries them, until it completes.
     carrier: Option<u64>,
+    /// Keys left out because the camera cannot take them (`strict_controls = false`), each with why.
+    left_out: Vec<String>,
 }
 
 // SAFETY: libcamera's CameraManager and Camera are documented as usable from
@@ -150,7 +152,7 @@ impl LibcameraSource {
         active.configure(&mut config).with_context(|| format!("libcamera refused the configuration of camera {id}"))?;
         // Ranges (the frame rate above all) depend on the configured size.
         let info = info::describe(&active);
-        let planned = plan(capture, &info)?;
+        let (planned, left_out) = plan(capture, &info)?;
 
         let stream_config = config.get(0).context("libcamera configuration has no stream")?;
         let stream = stream_config.stream().context("libcamera did not assign a stream")?;
@@ -230,7 +232,14 @@ impl LibcameraSource {
             targets: planned,
             pending: None,
             carrier: None,
+            left_out,
         })
+    }
+
+    /// The `[capture]` keys left out because the camera cannot take them
+    /// (with `strict_controls = false`), each with why.
+    pub fn left_out(&self) -> &[String] {
+        &self.left_out
     }
 
     /// Hands a request back to the camera with the same buffer, and with
@@ -334,7 +343,7 @@ impl FrameSource for LibcameraSource {
     }
 
     fn retune(&mut self, capture: &CaptureConfig) -> Result<()> {
-        let planned = plan(capture, &self.info)?;
+        let (planned, left_out) = plan(capture, &self.info)?;
         let changes = controls::changes(&self.targets, &planned, &self.info);
         if changes.is_empty() {
             return Ok(());
@@ -349,6 +358,7 @@ impl FrameSource for LibcameraSource {
         }
         self.frame_timeout = frame_timeout(&planned);
         self.targets = planned;
+        self.left_out = left_out;
         Ok(())
     }
 }
@@ -500,9 +510,9 @@ fn open_manager(camera: Option<&str>, hdr: Option<Hdr>) -> Result<(CameraManager
     }
 }
 
-/// The controls `capture` asks of the camera, with what is worth saying
-/// about them said.
-fn plan(capture: &CaptureConfig, info: &CameraInfo) -> Result<Targets> {
+/// The controls `capture` asks of the camera, and the keys left out, with
+/// what is worth saying about them said.
+fn plan(capture: &CaptureConfig, info: &CameraInfo) -> Result<(Targets, Vec<String>)> {
     let planned = controls::targets(capture, info)?;
     for note in &planned.notes {
         log::info!("{note}");
@@ -510,7 +520,7 @@ fn plan(capture: &CaptureConfig, info: &CameraInfo) -> Result<Targets> {
     for problem in &planned.left_out {
         log::warn!("{problem}");
     }
-    Ok(planned.targets)
+    Ok((planned.targets, planned.left_out))
 }
 
 /// How long to wait for a frame at the rate the controls ask for.
