@@ -128,10 +128,15 @@ fn control_value(value: &Value, ty: &ControlType) -> Option<ControlValue> {
     })
 }
 
-/// A control list setting each of `changes` on `camera`.
+/// A control list setting each of `changes` on `camera`. It is made on
+/// libcamera's map of control ids, as rpicam-apps makes its lists: a list
+/// without one cannot be passed to an IPA module that runs in a process of
+/// its own.
 pub(super) fn control_list(camera: &Camera<'_>, changes: &[(&str, Value)]) -> Result<UniquePtr<ControlList>> {
     let names = ControlNames::of(camera.controls());
-    let mut list = ControlList::new();
+    let on_camera = ControlList::from_info_map(camera.controls()).context("libcamera could not make a control list")?;
+    let ids = on_camera.id_map().context("the camera's controls have no id map")?;
+    let mut list = ControlList::from_id_map(ids).context("libcamera could not make a control list")?;
     for (name, value) in changes {
         let (id, ty) = names.id(name).ok_or_else(|| anyhow!("libcamera does not know the control {name}"))?;
         let converted = control_value(value, ty).ok_or_else(|| anyhow!("camnode cannot set {name} ({ty:?}) to {value}"))?;
