@@ -130,7 +130,7 @@ impl CaptureConfig {
 
     /// The camera control keys this section sets, for messages.
     pub fn controls_set(&self) -> Vec<&'static str> {
-        let table = toml::Table::try_from(self).unwrap_or_default();
+        let table: toml::Table = toml::to_string(self).ok().and_then(|text| text.parse().ok()).unwrap_or_default();
         controls::KEYS.iter().map(|(key, _)| *key).filter(|key| *key != "rate" && table.contains_key(*key)).collect()
     }
 }

@@ -44,8 +44,11 @@ fn reloadable(section: &str, key: &str) -> bool {
 
 /// Compares the running configuration with a new one.
 pub fn plan(running: &Config, new: &Config) -> Result<Plan> {
-    let old = toml::Table::try_from(running)?;
-    let new = toml::Table::try_from(new)?;
+    // Through TOML text, which `camnode config` already prints and reads:
+    // going through `toml::Value` instead would take a second copy of every
+    // section's (de)serializer, some 100 KB of binary.
+    let old: toml::Table = running.to_toml().parse()?;
+    let new: toml::Table = new.to_toml().parse()?;
     let mut merged = old.clone();
     let (mut changed, mut restart) = (Vec::new(), Vec::new());
     let empty = toml::Table::new();
@@ -77,7 +80,7 @@ pub fn plan(running: &Config, new: &Config) -> Result<Plan> {
             }
         }
     }
-    Ok(Plan { config: merged.try_into()?, changed, restart })
+    Ok(Plan { config: toml::from_str(&merged.to_string())?, changed, restart })
 }
 
 #[cfg(test)]
