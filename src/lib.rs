@@ -24,6 +24,7 @@
 //!   frames are encoded, and keeps pre-event frames; [`control`] carries what
 //!   reaches it from outside the camera (signals, the trigger).
 //! - [`hub`]: the receiving side, `camnode hub`.
+//! - [`doctor`]: `camnode doctor`, a checklist of what a node needs where it runs.
 //! - [`cli`]: the thin command-line layer over all of it.
 //!
 //! Shared by all: [`frame`] (frame buffers), [`queue`] (allocation-free
@@ -35,6 +36,7 @@ pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod doctor;
 pub mod encode;
 pub mod flip;
 pub mod frame;

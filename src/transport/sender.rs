@@ -258,6 +258,41 @@ fn connect_req(context: &zmq::Context, address: &str, curve: Option<&Curve>) -> 
     Ok(socket)
 }
 
+/// Checks that the hub can be reached as [`Sender::start`] would reach it,
+/// for `camnode doctor`: REQ sends `message` (a heartbeat) and waits up to
+/// `reply_timeout` for the hub's `OK`, returning how long that took; PUB
+/// binds the address and lets it go. With `[security]`, over CURVE.
+pub fn probe(config: &TransportConfig, security: &SecurityConfig, message: &Message) -> Result<Duration> {
+    let context = zmq::Context::new();
+    let address = config.address();
+    let curve = Curve::open(security, Role::of_node(config.mode), &context)?;
+    let started = Instant::now();
+    if config.mode == Mode::Pub {
+        let socket = context.socket(zmq::PUB)?;
+        socket.set_linger(0)?;
+        if let Some(curve) = &curve {
+            curve.secure(&context, &socket, &address)?;
+        }
+        socket.bind(&address).with_context(|| format!("cannot bind [transport] hub = {address:?}"))?;
+        return Ok(started.elapsed());
+    }
+    let socket = connect_req(&context, &address, curve.as_ref())?;
+    socket.send(&message.header[..], zmq::SNDMORE)?;
+    socket.send(&message.payload[..], 0)?;
+    let timeout = Duration::from_secs_f64(config.reply_timeout);
+    if socket.poll(zmq::POLLIN, timeout.as_millis() as i64)? == 0 {
+        anyhow::bail!("no reply from {address} within {timeout:?}");
+    }
+    let reply = socket.recv_multipart(0)?;
+    match reply.first() {
+        Some(first) if reply.len() == 1 && first == b"OK" => Ok(started.elapsed()),
+        first => anyhow::bail!(
+            "{address} replied {:?} instead of OK: it is not an imagezmq hub",
+            String::from_utf8_lossy(first.map_or(&[][..], |f| &f[..f.len().min(40)]))
+        ),
+    }
+}
+
 /// How one request went.
 enum Reply {
     /// The hub replied `OK`.
