@@ -35,11 +35,11 @@ const CROSSINGS: [Crossing; 2] = [
 ];
 
 impl Crossing {
-    /// Whether the object covers pixel (x, y) in frame `t`.
-    fn covers(&self, t: usize, x: usize, y: usize) -> bool {
+    /// The pixels the object covers in frame `t`: columns and rows.
+    fn covers(&self, t: usize) -> Option<(std::ops::Range<usize>, std::ops::Range<usize>)> {
         let moved = (self.appears..t).filter(|s| !self.pause.contains(s)).count();
         let left = 40 + 2 * moved;
-        (self.appears..self.gone).contains(&t) && (left..left + self.size.0).contains(&x) && (self.y..self.y + self.size.1).contains(&y)
+        (self.appears..self.gone).contains(&t).then(|| (left..left + self.size.0, self.y..self.y + self.size.1))
     }
 }
 
@@ -57,6 +57,7 @@ fn write_scene(path: &std::path::Path) {
     let chroma = vec![128u8; W * H / 2];
     for t in 0..FRAMES {
         let sway = (next() % 3) as usize;
+        let objects: Vec<_> = CROSSINGS.iter().filter_map(|c| c.covers(t)).collect();
         let mut luma = Vec::with_capacity(W * H);
         for i in 0..W * H {
             let (x, y) = (i % W, i / W);
@@ -64,7 +65,7 @@ fn write_scene(path: &std::path::Path) {
             if (220..280).contains(&x) && (20..60).contains(&y) {
                 v = if ((x + sway) / 3 + (y / 4) * 7) % 5 < 2 { 70 } else { 120 };
             }
-            if CROSSINGS.iter().any(|c| c.covers(t, x, y)) {
+            if objects.iter().any(|(columns, rows)| columns.contains(&x) && rows.contains(&y)) {
                 v = 30;
             }
             luma.push((v + (next() % 7) as usize).saturating_sub(3).min(255) as u8);
