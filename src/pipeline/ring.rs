@@ -23,18 +23,18 @@ use std::collections::VecDeque;
 use crate::frame::{Captured, FrameBuf, Spares};
 use crate::transport::{BufferPool, Message};
 
-/// Frames kept raw at most, when more are kept: enough for the frames
-/// before a large object's event (it starts on the third moving frame),
-/// few enough that their raw size (3 MB each at 1080p) stays what the
-/// encoder workers hold anyway.
-pub const RAW_FRAMES: usize = 3;
+/// Frames kept raw at most, when more are kept. A raw frame takes 3 MB at
+/// 1080p, so only the frames of a large object before its event (which
+/// starts on the object's fourth frame) are.
+const RAW_FRAMES: usize = 3;
 
-/// A kept frame, oldest first.
+/// A kept frame.
 pub enum Kept {
     Encoded(Message),
     Raw(FrameBuf),
 }
 
+/// The kept frames, in two parts: the older encoded, the newer raw.
 pub struct FrameRing {
     /// The newest frames, oldest first.
     raw: VecDeque<FrameBuf>,
