@@ -6,6 +6,7 @@
 //! Every accepted message is shown to the hub's [`Observer`]s ([`observe`]).
 
 pub mod observe;
+pub mod status;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -21,6 +22,8 @@ use bytes::Bytes;
 use serde::Serialize;
 
 pub use observe::{Accepted, Kind, Observer};
+pub use status::{HubSnapshot, HubStatus, WorkerSnapshot};
+use status::bump;
 
 use crate::transport::security::{Curve, Role, SecurityConfig};
 use crate::transport::Mode;
@@ -139,6 +142,7 @@ pub struct Hub {
     log: Option<File>,
     recent: RecentIds,
     observers: Vec<Arc<dyn Observer>>,
+    status: Arc<HubStatus>,
     pub summary: HubSummary,
 }
 
@@ -181,7 +185,12 @@ impl Hub {
             }
             None => None,
         };
-        Ok(Hub { config, socket, _context: context, _curve: curve, log, recent: RecentIds::default(), observers: Vec::new(), summary: HubSummary::default() })
+        Ok(Hub { config, socket, _context: context, _curve: curve, log, recent: RecentIds::default(), observers: Vec::new(), status: Arc::new(HubStatus::new(&[])), summary: HubSummary::default() })
+    }
+
+    /// The hub's live figures, shared: see [`status`] for how to read them.
+    pub fn status(&self) -> Arc<HubStatus> {
+        self.status.clone()
     }
 
     /// Shows every message accepted from now on to `observer`.
@@ -218,6 +227,7 @@ impl Hub {
     fn handle(&mut self, parts: Vec<Vec<u8>>) -> Handled {
         let Ok([raw_header, payload]) = <[Vec<u8>; 2]>::try_from(parts) else {
             self.summary.bad += 1;
+            bump(&self.status.bad);
             warn!("dropped a message whose frame count is not 2, as imagezmq messages have");
             return Handled::Skipped;
         };
@@ -225,23 +235,27 @@ impl Hub {
             Ok(h) => h,
             Err(e) => {
                 self.summary.bad += 1;
+                bump(&self.status.bad);
                 warn!("dropped a message: {e}");
                 return Handled::Skipped;
             }
         };
         if self.recent.seen(&header) {
             self.summary.duplicates += 1;
+            bump(&self.status.duplicates);
             return Handled::Skipped;
         }
         let mut received = match describe(&header, &payload) {
             Ok(r) => r,
             Err(e) => {
                 self.summary.bad += 1;
+                bump(&self.status.bad);
                 warn!("dropped {:?}: {e:#}", header.msg);
                 return Handled::Skipped;
             }
         };
         if let Err(e) = self.store(&mut received, &payload) {
+            bump(&self.status.refused);
             warn!("cannot store {:?}: {e:#}; the node will send it again", header.msg);
             return Handled::NotStored;
         }
@@ -284,6 +298,13 @@ impl Hub {
         }
         self.summary.messages += 1;
         self.summary.bytes += payload.len() as u64;
+        bump(&self.status.messages);
+        self.status.bytes.fetch_add(payload.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        match received.kind {
+            "jpg" | "image" => bump(&self.status.images),
+            "event" => bump(&self.status.events),
+            _ => {}
+        }
         let node = received.msg.split([' ', '|']).next().unwrap_or("").to_string();
         *self.summary.per_node.entry(node).or_default() += 1;
         Ok(())
