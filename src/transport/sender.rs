@@ -211,6 +211,11 @@ impl Sender {
         }
     }
 
+    /// Event messages waiting in the spool and their bytes; `None` without a spool.
+    pub fn spool_usage(&self) -> Option<(u64, u64)> {
+        self.spool.as_ref().map(|spool| (spool.len() as u64, spool.used_bytes()))
+    }
+
     /// Stops taking messages, delivers what it can in the time `how` allows,
     /// and reports.
     pub fn finish(self, how: Shutdown) -> SenderReport {
