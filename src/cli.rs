@@ -14,13 +14,17 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::capture::{Rate, SourceSpec};
 use crate::config::Config;
+use crate::console::{Console, ConsoleConfig};
 use crate::control::Control;
 use crate::encode::{Format, SendPolicy};
 use crate::settings::{Checker, ConfigOrigin};
+use crate::fleet::Fleet;
 use crate::flip::Flip;
 use crate::gpio::Gpio;
 use crate::hub::{Hub, HubConfig};
+use crate::mqtt::{Mqtt, MqttConfig};
 use crate::pipeline::{detect_frames, Pipeline};
+use crate::services::Services;
 use crate::status::{NodeStatus, Phase};
 use crate::transport::security::{self, Role, SecurityConfig};
 use crate::transport::Mode;
@@ -157,6 +161,18 @@ pub struct HubArgs {
     /// CURVE with --bind: directory of the public certificates (*.key) of the nodes allowed to send.
     #[arg(long)]
     pub allowed_dir: Option<PathBuf>,
+    /// Serve the console, /metrics and the JSON API on HOST:PORT (e.g. 127.0.0.1:8080).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub http: Option<String>,
+    /// File holding the console's token (mode 0600); needed to serve beyond 127.0.0.1.
+    #[arg(long, value_name = "FILE")]
+    pub http_token_file: Option<PathBuf>,
+    /// Publish events, availability and Home Assistant discovery to this MQTT broker.
+    #[arg(long, value_name = "tcp://HOST:PORT")]
+    pub mqtt: Option<String>,
+    /// File with USER:PASSWORD for the MQTT broker (mode 0600).
+    #[arg(long, value_name = "FILE")]
+    pub mqtt_credentials_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -229,15 +245,17 @@ impl NodeFlags {
 }
 
 impl HubArgs {
+    /// The --config file, or the defaults.
+    fn file(&self) -> Result<(Config, ConfigOrigin)> {
+        match &self.config {
+            Some(path) => Config::load(path),
+            None => Ok((Config::default(), ConfigOrigin::default())),
+        }
+    }
+
     /// The hub's `[security]`: the --config file's section, the flags over it, checked for `mode`.
     fn security(&self, mode: Mode) -> Result<SecurityConfig> {
-        let (mut security, mut origin) = match &self.config {
-            Some(path) => {
-                let (config, origin) = Config::load(path)?;
-                (config.security, origin)
-            }
-            None => (SecurityConfig::default(), ConfigOrigin::default()),
-        };
+        let (Config { mut security, .. }, mut origin) = self.file()?;
         for (flag, key, slot) in [
             (&self.secret_cert, "secret_cert", &mut security.secret_cert),
             (&self.server_cert, "server_cert", &mut security.server_cert),
@@ -252,6 +270,33 @@ impl HubArgs {
         security.check(&mut check, Role::of_hub(mode));
         check.finish()?;
         Ok(security)
+    }
+
+    /// The hub's `[console]` and `[mqtt]`: the --config file's sections, the flags over them, checked.
+    fn services(&self) -> Result<(ConsoleConfig, MqttConfig)> {
+        let (Config { mut console, mut mqtt, .. }, mut origin) = self.file()?;
+        let mut set = |section: &str, key: &str, flag: &str| origin.set_by_named_flag(section, key, flag);
+        if let Some(http) = &self.http {
+            console.http = Some(http.clone());
+            set("console", "http", "http");
+        }
+        if let Some(path) = &self.http_token_file {
+            console.token_file = Some(path.clone());
+            set("console", "token_file", "http-token-file");
+        }
+        if let Some(url) = &self.mqtt {
+            mqtt.url = Some(url.clone());
+            set("mqtt", "url", "mqtt");
+        }
+        if let Some(path) = &self.mqtt_credentials_file {
+            mqtt.credentials_file = Some(path.clone());
+            set("mqtt", "credentials_file", "mqtt-credentials-file");
+        }
+        let mut check = Checker::new(&origin);
+        console.check(&mut check);
+        mqtt.check(&mut check);
+        check.finish()?;
+        Ok((console, mqtt))
     }
 }
 
@@ -350,12 +395,13 @@ fn run(args: &RunArgs) -> Result<()> {
 fn hub(args: HubArgs) -> Result<()> {
     let mode = args.mode.unwrap_or(if args.connect.is_empty() { Mode::Req } else { Mode::Pub });
     let security = args.security(mode)?;
+    let (console, mqtt) = args.services()?;
     let config = HubConfig {
         mode,
         security,
         bind: args.bind,
         connect: args.connect,
-        save: args.save,
+        save: args.save.clone(),
         count: args.count,
         idle: args.idle.map(Duration::from_secs_f64),
         ..HubConfig::default()
@@ -364,6 +410,10 @@ fn hub(args: HubArgs) -> Result<()> {
     let (tx, _rx) = channel();
     quit_on_signals(tx, stop.clone())?;
     let mut hub = Hub::open(config)?;
+    let fleet = Arc::new(Fleet::new(args.save.clone()));
+    hub.observe(fleet.clone());
+    let console = Console::bind(&console, fleet.clone(), hub.status())?;
+    let _services = Services::start(console, Mqtt::new(&mqtt, fleet)?)?;
     let mut out: Option<Box<dyn Write>> = match &args.jsonl {
         Some(p) if p.as_os_str() == "-" => Some(Box::new(std::io::stdout())),
         Some(p) => Some(Box::new(std::fs::File::create(p).with_context(|| format!("cannot create --jsonl {}", p.display()))?)),

@@ -15,9 +15,11 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::capture::CaptureConfig;
+use crate::console::ConsoleConfig;
 use crate::encode::EncodeConfig;
 use crate::gpio::GpioConfig;
 use crate::motion::MotionConfig;
+use crate::mqtt::MqttConfig;
 use crate::settings::{Checker, ConfigOrigin};
 use crate::stats::StatsConfig;
 use crate::transport::security::{Role, SecurityConfig};
@@ -36,6 +38,9 @@ pub struct Config {
     pub gpio: GpioConfig,
     pub security: SecurityConfig,
     pub stats: StatsConfig,
+    /// The hub's console and MQTT (`camnode hub --config`).
+    pub console: ConsoleConfig,
+    pub mqtt: MqttConfig,
 }
 
 /// `[node]`: who this node is.

@@ -34,6 +34,7 @@
 pub mod capture;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod control;
 pub mod encode;
 pub mod fleet;
@@ -43,8 +44,10 @@ pub mod gpio;
 pub mod health;
 pub mod hub;
 pub mod motion;
+pub mod mqtt;
 pub mod pipeline;
 pub mod queue;
+pub mod services;
 pub mod settings;
 pub mod stats;
 pub mod status;
