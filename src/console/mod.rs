@@ -44,14 +44,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::stream::Stream;
-use serde::Deserialize;
 
 pub use config::ConsoleConfig;
 
@@ -65,6 +64,8 @@ pub const PACE: Duration = Duration::from_millis(250);
 pub const IDLE: Duration = Duration::from_secs(2);
 /// Timeline events a page gets when it opens.
 const FIRST_EVENTS: usize = 100;
+/// Events every update carries again.
+const RESENT: u64 = 20;
 /// Events on a node's page.
 const NODE_EVENTS: usize = 60;
 
@@ -137,32 +138,26 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
     ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()
 }
 
-#[derive(Deserialize)]
-struct LiveQuery {
-    /// The last timeline event the page has.
-    after: Option<u64>,
-}
-
-/// The fleet, pushed: now, then after each change (no sooner than `PACE`
-/// after the last push, and no later than `IDLE`).
-async fn live(State(app): State<Arc<App>>, Query(query): Query<LiveQuery>) -> Sse<impl Stream<Item = Result<Event, axum::Error>>> {
+/// The fleet, pushed: now, with the latest [`FIRST_EVENTS`] events, then
+/// after each change (no sooner than [`PACE`] after the last push, and no
+/// later than [`IDLE`]) with the events since, and the last [`RESENT`] again:
+/// an event's image is chosen while the event lasts.
+async fn live(State(app): State<Arc<App>>) -> Sse<impl Stream<Item = Result<Event, axum::Error>>> {
     let changes = app.fleet.subscribe();
-    let start = (app, changes, query.after, true);
-    let updates = futures_util::stream::unfold(start, |(app, mut changes, after, first)| async move {
-        if !first {
+    let updates = futures_util::stream::unfold((app, changes, None), |(app, mut changes, newest): (Arc<App>, _, Option<u64>)| async move {
+        if newest.is_some() {
             tokio::time::sleep(PACE).await;
             // Either a change or the idle time: both end in an update.
             let _ = tokio::time::timeout(IDLE - PACE, changes.changed()).await;
         }
         changes.borrow_and_update();
-        let (from, limit) = match after {
-            Some(after) => (after, usize::MAX),
-            None => (0, FIRST_EVENTS),
+        let snapshot = match newest {
+            Some(newest) => app.fleet.snapshot(newest.saturating_sub(RESENT), usize::MAX),
+            None => app.fleet.snapshot(0, FIRST_EVENTS),
         };
-        let snapshot = app.fleet.snapshot(from, limit);
-        let after = snapshot.events.last().map_or(after.unwrap_or(0), |e| e.id);
+        let newest = snapshot.events.last().map_or(newest.unwrap_or(0), |e| e.id);
         let event = Event::default().event("fleet").json_data(&snapshot);
-        Some((event, (app, changes, Some(after), false)))
+        Some((event, (app, changes, Some(newest))))
     });
     Sse::new(updates)
 }
