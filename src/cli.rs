@@ -410,10 +410,15 @@ fn hub(args: HubArgs) -> Result<()> {
     let (tx, _rx) = channel();
     quit_on_signals(tx, stop.clone())?;
     let mut hub = Hub::open(config)?;
-    let fleet = Arc::new(Fleet::new(args.save.clone()));
-    hub.observe(fleet.clone());
-    let console = Console::bind(&console, fleet.clone(), hub.status())?;
-    let _services = Services::start(console, Mqtt::new(&mqtt, fleet)?)?;
+    // The fleet is kept only for someone to show it to.
+    let _services = if console.http.is_some() || mqtt.url.is_some() {
+        let fleet = Arc::new(Fleet::new(args.save.clone()));
+        hub.observe(fleet.clone());
+        let console = Console::bind(&console, fleet.clone(), hub.status())?;
+        Some(Services::start(console, Mqtt::new(&mqtt, fleet)?)?)
+    } else {
+        None
+    };
     let mut out: Option<Box<dyn Write>> = match &args.jsonl {
         Some(p) if p.as_os_str() == "-" => Some(Box::new(std::io::stdout())),
         Some(p) => Some(Box::new(std::fs::File::create(p).with_context(|| format!("cannot create --jsonl {}", p.display()))?)),

@@ -22,12 +22,9 @@ pub struct Services {
 }
 
 impl Services {
-    /// Starts what is configured; with nothing, no thread.
+    /// Starts what is configured.
     pub fn start(console: Option<Console>, mqtt: Option<Mqtt>) -> Result<Services> {
         let address = console.as_ref().map(Console::address).transpose()?;
-        if console.is_none() && mqtt.is_none() {
-            return Ok(Services { stop: None, thread: None, console: None });
-        }
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the console and MQTT runtime")?;
         let (stop, stopped) = oneshot::channel();
         let thread = std::thread::Builder::new().name("services".into()).spawn(move || {

@@ -2,7 +2,7 @@
 //! node and view with its latest image, motion state, last seen and image
 //! rate, stale nodes marked; a page per node with its health, its score
 //! over time and its recent events with their images from the store; a
-//! fleet-wide timeline), `/metrics` for Prometheus ([`metrics`]), and the
+//! fleet-wide timeline), `/metrics` for Prometheus (`console/metrics.rs`), and the
 //! JSON the page reads:
 //!
 //! | path | what |
@@ -11,7 +11,7 @@
 //! | `/api/fleet` | the same, once |
 //! | `/api/node/NAME` | one node in depth |
 //! | `/api/frame/NODE/VIEW` | the view's latest image, JPEG |
-//! | `/store/PATH` | a JPEG the hub stored (`--save`), nothing else ([`store`]) |
+//! | `/store/PATH` | a JPEG the hub stored (`--save`), nothing else (`console/store.rs`) |
 //!
 //! Live without ever slowing ingest: the page is told a view has a new
 //! image and fetches it when it has shown the last one, so each browser
@@ -21,7 +21,7 @@
 //! of it ([`crate::fleet`]). The page's HTML, CSS and JavaScript are embedded
 //! in the binary: no build step, no CDN, works on a fleet with no internet.
 //!
-//! Security ([`auth`]): served on 127.0.0.1 unless told otherwise; any
+//! Security (`console/auth.rs`): served on 127.0.0.1 unless told otherwise; any
 //! other address needs a token, which browsers present once (a login form,
 //! or `?token=` in a bookmark) and then as an HttpOnly cookie, and scrapers
 //! as `Authorization: Bearer`.
