@@ -36,13 +36,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use rumqttc::{AsyncClient, ConnectReturnCode, Event, EventLoop, LastWill, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, ConnectReturnCode, EventLoop, LastWill, MqttOptions, Packet, QoS};
 use serde_json::{json, Value};
 use tokio::sync::{oneshot, watch};
 
 pub use config::MqttConfig;
 
-use crate::fleet::{Fleet, NodeSummary};
+use crate::fleet::{Event, Fleet, NodeSummary};
 use crate::health::Health;
 use crate::settings::read_secret;
 
@@ -52,6 +52,8 @@ const QUEUE: usize = 256;
 const MAX_PACKET: usize = 16 << 20;
 /// How often availability is looked at when nothing else happens.
 const TICK: Duration = Duration::from_secs(1);
+/// Least time between two rounds of publishing.
+const PACE: Duration = Duration::from_millis(250);
 
 /// A publisher for one broker, ready to run.
 pub struct Mqtt {
@@ -107,6 +109,12 @@ impl Mqtt {
             if now.up {
                 publisher.sync();
             }
+            // At most four rounds a second, however fast the fleet changes;
+            // events go out one by one all the same, from the timeline.
+            tokio::select! {
+                _ = &mut stop => break,
+                () = tokio::time::sleep(PACE) => {}
+            }
         }
         if link.borrow().up {
             let _ = publisher.client.try_publish(publisher.topics.hub_status(), QoS::AtLeastOnce, true, "offline");
@@ -132,7 +140,7 @@ async fn drive(mut eventloop: EventLoop, link: watch::Sender<Link>, broker: Stri
     let mut logged = false;
     loop {
         match eventloop.poll().await {
-            Ok(Event::Incoming(Packet::ConnAck(ack))) if ack.code == ConnectReturnCode::Success => {
+            Ok(rumqttc::Event::Incoming(Packet::ConnAck(ack))) if ack.code == ConnectReturnCode::Success => {
                 log::info!("MQTT: connected to {broker}");
                 (delay, logged) = (Duration::from_secs(1), false);
                 link.send_modify(|l| {
@@ -140,7 +148,7 @@ async fn drive(mut eventloop: EventLoop, link: watch::Sender<Link>, broker: Stri
                     l.up = true;
                 });
             }
-            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
+            Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
             Ok(_) => {}
             Err(e) => {
                 if !logged {
@@ -206,29 +214,40 @@ struct Publisher {
 }
 
 impl Publisher {
-    /// Publishes what changed since the last call.
+    /// Publishes what changed since the last call: the events in order
+    /// (a motion event that started and ended between two rounds is still
+    /// ON, then OFF), then each node's configs and states as they are now.
     fn sync(&mut self) {
         let snapshot = self.fleet.snapshot(self.after, usize::MAX);
         self.retain(self.topics.hub_status(), b"online".to_vec());
-        for node in &snapshot.nodes {
-            self.node(node);
+        if self.events(&snapshot.events) {
+            for node in &snapshot.nodes {
+                self.node(node);
+            }
         }
-        for event in &snapshot.events {
+    }
+
+    /// Each event as JSON, triggers for the event entity, motion as ON/OFF;
+    /// false when the queue filled up and the rest waits for the next round.
+    fn events(&mut self, events: &[Event]) -> bool {
+        for event in events {
             let (Some(view), true) = (&event.view, matches!(event.what.as_str(), "moving" | "still" | "pressed" | "armed" | "disarmed")) else {
                 self.after = event.id;
                 continue;
             };
             let topic = self.topics.view(&event.node, view);
             let mut sent = self.publish(format!("{topic}/event"), false, serde_json::to_vec(event).unwrap_or_default());
-            if !matches!(event.what.as_str(), "moving" | "still") {
-                sent &= self.publish(format!("{topic}/trigger"), false, json!({ "event_type": event.what }).to_string().into_bytes());
+            match event.what.as_str() {
+                "moving" => sent &= self.retain(format!("{topic}/motion"), b"ON".to_vec()),
+                "still" => sent &= self.retain(format!("{topic}/motion"), b"OFF".to_vec()),
+                _ => sent &= self.publish(format!("{topic}/trigger"), false, json!({ "event_type": event.what }).to_string().into_bytes()),
             }
             if !sent {
-                // The queue is full: the rest waits for the next sync.
-                return;
+                return false;
             }
             self.after = event.id;
         }
+        true
     }
 
     /// A node's discovery configs and states.
@@ -291,14 +310,17 @@ impl Publisher {
         }
     }
 
-    /// Publishes a retained state if the broker does not have it yet.
-    fn retain(&mut self, topic: String, payload: Vec<u8>) {
+    /// Publishes a retained state unless the broker has it already; false
+    /// when the queue is full.
+    fn retain(&mut self, topic: String, payload: Vec<u8>) -> bool {
         if self.given.get(&topic) == Some(&payload) {
-            return;
+            return true;
         }
-        if self.publish(topic.clone(), true, payload.clone()) {
+        let sent = self.publish(topic.clone(), true, payload.clone());
+        if sent {
             self.given.insert(topic, payload);
         }
+        sent
     }
 
     /// Queues a message; false when the queue is full (it goes at the next sync).

@@ -3,7 +3,7 @@ through selenium) on camnode's console, for tests/console.rs and for the
 README's screenshot.
 
 Talks to its caller in lines: it prints "tiles N" once N tiles show an
-image, "updated" once every tile has shown a newer one, then for each line
+image, "updated" once every tile not stale has shown a newer one, then for each line
 "stopped NODE" it reads on stdin it waits for NODE's tile to be marked
 stale and prints "stale NODE". "screenshot PATH [WIDTHxHEIGHT]" saves a
 screenshot. End of input ends it. Every wait polls the page with a
@@ -70,8 +70,8 @@ def run(driver, args):
                        f"{args.tiles} tiles with an image")
     say(f"tiles {len(tiles)}")
     first = {(t["node"], t["view"]): t["shown"] for t in tiles}
-    wait.until(lambda d: all(t["shown"] > first.get((t["node"], t["view"]), 0) for t in d.execute_script(TILES)),
-               "every tile to show a newer image")
+    wait.until(lambda d: all(t["shown"] > first.get((t["node"], t["view"]), 0) for t in d.execute_script(TILES) if not t["stale"]),
+               "every live tile to show a newer image")
     say("updated")
     for line in sys.stdin:
         command, _, rest = line.strip().partition(" ")
