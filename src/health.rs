@@ -86,8 +86,17 @@ pub struct HealthProbe {
     thermal: PathBuf,
     /// The hub's address, for the local address that reaches it.
     hub: Option<IpAddr>,
-    /// The previous sample: when, frames, and /proc/stat's busy and total jiffies.
-    last: Option<(Instant, u64, Option<(u64, u64)>)>,
+    /// The previous sample.
+    last: Option<Sample>,
+}
+
+/// When a sample was taken, the frames captured then, and /proc/stat's
+/// busy and total jiffies.
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    at: Instant,
+    frames: u64,
+    cpu: Option<(u64, u64)>,
 }
 
 impl HealthProbe {
@@ -109,10 +118,10 @@ impl HealthProbe {
         let now = Instant::now();
         let cpu = read_cpu_jiffies();
         let (fps, cpu_percent) = match self.last {
-            Some((then, frames, then_cpu)) => {
-                let seconds = now.duration_since(then).as_secs_f64();
-                let fps = (seconds > 0.0).then(|| (counts.frames - frames.min(counts.frames)) as f64 / seconds);
-                let cpu_percent = match (then_cpu, cpu) {
+            Some(last) => {
+                let seconds = now.duration_since(last.at).as_secs_f64();
+                let fps = (seconds > 0.0).then(|| counts.frames.saturating_sub(last.frames) as f64 / seconds);
+                let cpu_percent = match (last.cpu, cpu) {
                     (Some((busy0, total0)), Some((busy1, total1))) if total1 > total0 => {
                         Some(100.0 * busy1.saturating_sub(busy0) as f64 / (total1 - total0) as f64)
                     }
@@ -122,7 +131,7 @@ impl HealthProbe {
             }
             None => (None, None),
         };
-        self.last = Some((now, counts.frames, cpu));
+        self.last = Some(Sample { at: now, frames: counts.frames, cpu });
         Health {
             uptime_s: Some(round(self.started.elapsed().as_secs_f64(), 1)),
             fps: fps.map(|f| round(f, 2)),

@@ -32,8 +32,8 @@ impl ConsoleConfig {
 
     pub fn check(&self, check: &mut Checker) {
         let Some(addresses) = self.addresses() else {
-            if self.token_file.is_some() {
-                check.fail("console", "token_file", &format!("{:?}", self.token_file.as_ref().unwrap()), "a token guards the console: set [console] http (--http HOST:PORT) too, or leave the token out");
+            if let Some(token_file) = &self.token_file {
+                check.fail("console", "token_file", &format!("{token_file:?}"), "a token guards the console: set [console] http (--http HOST:PORT) too, or leave the token out");
             }
             return;
         };

@@ -90,7 +90,7 @@ fn one(value: Value) -> Vec<(NoLabels, Value)> {
 }
 
 /// A per-node family from what each node's heartbeat said, for nodes that said it.
-fn per_node<'a>(nodes: &'a [NodeSummary], value: impl Fn(&Health) -> Option<Value>) -> Vec<([(&'static str, &'a str); 1], Value)> {
+fn per_node(nodes: &[NodeSummary], value: impl Fn(&Health) -> Option<Value>) -> Vec<([(&'static str, &str); 1], Value)> {
     nodes.iter().filter_map(|n| Some(([("node", n.name.as_str())], value(n.health.as_ref()?)?))).collect()
 }
 

@@ -45,8 +45,8 @@ impl MqttConfig {
                 check.fail("mqtt", key, &format!("{prefix:?}"), "use topic levels without '+' or '#' and without a leading or trailing '/'");
             }
         }
-        if self.url.is_none() && self.credentials_file.is_some() {
-            check.fail("mqtt", "credentials_file", &format!("{:?}", self.credentials_file.as_ref().unwrap()), "credentials are for a broker: set [mqtt] url (--mqtt tcp://HOST:PORT) too");
+        if let (None, Some(credentials)) = (&self.url, &self.credentials_file) {
+            check.fail("mqtt", "credentials_file", &format!("{credentials:?}"), "credentials are for a broker: set [mqtt] url (--mqtt tcp://HOST:PORT) too");
         }
     }
 }

@@ -269,7 +269,9 @@ impl Publisher {
                 "availability": availability,
                 "availability_mode": "all",
             });
-            config.as_object_mut().map(|c| c.extend(more.as_object().cloned().unwrap_or_default()));
+            if let (Some(config), Some(more)) = (config.as_object_mut(), more.as_object()) {
+                config.extend(more.clone());
+            }
             config.to_string().into_bytes()
         };
         let health_topic = format!("{base}/health");
