@@ -225,10 +225,11 @@ impl Hub {
     }
 
     fn handle(&mut self, parts: Vec<Vec<u8>>) -> Handled {
+        let frames = parts.len();
         let Ok([raw_header, payload]) = <[Vec<u8>; 2]>::try_from(parts) else {
             self.summary.bad += 1;
             bump(&self.status.bad);
-            warn!("dropped a message whose frame count is not 2, as imagezmq messages have");
+            warn!("dropped a message of {frames} frames: imagezmq messages have 2");
             return Handled::Skipped;
         };
         let header = match parse_header(&raw_header) {

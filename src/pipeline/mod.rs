@@ -12,7 +12,7 @@
 
 mod ring;
 
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,8 +32,12 @@ use crate::stats::{lap, thread_cpu_time, RunStats};
 use crate::status::{NodeStatus, Phase};
 use crate::systemd::{Notifier, Notify};
 use crate::transport::wire::{OutHeader, HEADER_ROOM};
-use crate::transport::{BufferPool, Buffers, Message, MessageKind, Sender, Shutdown};
+use crate::transport::{BufferPool, Buffers, Message, MessageKind, Sender, Shutdown, SpoolKeep};
 use ring::FrameRing;
+
+/// How often a wait for room in the send queue looks at the control
+/// channel, so that a signal still stops a node that waits on a slow hub.
+const ROOM_CHECK: Duration = Duration::from_millis(100);
 
 /// Messages out at once besides those in the send queue and the encoders:
 /// the one the sender is delivering, one it replays from the spool, and the
@@ -88,6 +92,15 @@ pub struct Pipeline {
     /// Bytes every payload buffer reserves: the largest image of this run.
     payload_room: usize,
     status: Arc<NodeStatus>,
+    /// Quit and trigger messages from signals and the GPIO trigger.
+    controls: Receiver<Control>,
+    /// A control message that came while `offer` waited for room; acted on
+    /// before the next frame.
+    deferred: Vec<Control>,
+    /// The source has no clock of its own (a file, a pipe, the synthetic
+    /// scene) and runs at `--rate max`: it waits for room in the send queue
+    /// instead of dropping. Cameras and paced sources never wait.
+    wait_for_room: bool,
     /// Payload of event and notice messages (imagenode sends a tiny image with texts).
     placeholder: Vec<u8>,
     /// What sources that read frames (files, pipes) read into. A frame that
@@ -163,6 +176,9 @@ impl Pipeline {
             pool,
             payload_room,
             status,
+            controls,
+            deferred: Vec::new(),
+            wait_for_room: config.capture.rate == Rate::Max && !source.is_live(),
             placeholder,
             current: FrameBuf::default(),
             flipped: FrameBuf::default(),
@@ -183,10 +199,10 @@ impl Pipeline {
         };
         let threads = pipeline.encoder.workers();
         info!("encoding on {threads} thread{}", if threads == 1 { " (inline)" } else { "s" });
-        pipeline.capture_loop(source.as_mut(), &controls)
+        pipeline.capture_loop(source.as_mut())
     }
 
-    fn capture_loop(&mut self, source: &mut dyn FrameSource, controls: &Receiver<Control>) -> Result<RunStats> {
+    fn capture_loop(&mut self, source: &mut dyn FrameSource) -> Result<RunStats> {
         let started = Instant::now();
         self.status.set_phase(Phase::Running);
         self.notice(&self.texts.restart.clone(), 0);
@@ -211,7 +227,11 @@ impl Pipeline {
                 break Ok(());
             }
             let wait = pace.map_or(Duration::ZERO, |_| next_due.saturating_duration_since(Instant::now()));
-            match controls.recv_timeout(wait) {
+            let control = match self.deferred.pop() {
+                Some(control) => Ok(control),
+                None => self.controls.recv_timeout(wait),
+            };
+            match control {
                 Ok(Control::Quit) | Err(RecvTimeoutError::Disconnected) => {
                     quit = true;
                     break Ok(());
@@ -436,7 +456,8 @@ impl Pipeline {
         };
         let (header_buf, payload) = self.take_buffers();
         let mut message = Message::new(MessageKind::Image, &header, header_buf, payload);
-        message.durable = self.in_event;
+        // Images of an event must arrive; with `[spool] keep = "all"`, every image must.
+        message.durable = self.in_event || self.config.spool.keep == SpoolKeep::All;
         self.encoder.encode(captured, message, &mut self.spares)?;
         self.stats.encoded += 1;
         self.release();
@@ -524,20 +545,46 @@ impl Pipeline {
         }
     }
 
-    /// Hands a message to the sender. On a full queue the sender spools event
-    /// messages; anything else is dropped, counted and logged.
-    fn offer(&mut self, message: Message) {
+    /// Hands a message to the sender. A source without a clock waits for
+    /// room; otherwise, on a full queue, the sender spools event messages
+    /// and anything else is dropped, counted and logged.
+    fn offer(&mut self, mut message: Message) {
+        if self.wait_for_room {
+            loop {
+                let Some(sender) = &self.sender else { return };
+                match sender.offer_until(message, Instant::now() + ROOM_CHECK) {
+                    Ok(()) => return,
+                    Err(back) => message = back,
+                }
+                if self.quit_requested() {
+                    break;
+                }
+            }
+        }
         let Some(sender) = &self.sender else { return };
         if let Err(message) = sender.offer(message) {
             self.stats.dropped += 1;
             self.status.note_drop();
             if self.stats.dropped.is_power_of_two() {
-                warn!("send queue full: dropped a {:?} message ({} dropped so far)", message.kind, self.stats.dropped);
+                warn!("send queue full: dropped {} ({} dropped so far)", message.kind.with_article(), self.stats.dropped);
             } else {
-                debug!("send queue full: dropped a {:?} message", message.kind);
+                debug!("send queue full: dropped {}", message.kind.with_article());
             }
             self.pool.give(message.header, message.payload);
         }
+    }
+
+    /// Takes what came on the control channel while the loop was busy
+    /// elsewhere, keeping it for the loop; true once a quit is among it.
+    fn quit_requested(&mut self) -> bool {
+        loop {
+            match self.controls.try_recv() {
+                Ok(control) => self.deferred.insert(0, control),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => self.deferred.insert(0, Control::Quit),
+            }
+        }
+        self.deferred.contains(&Control::Quit)
     }
 
     fn finish_sending(&mut self, how: Shutdown) {
@@ -547,7 +594,7 @@ impl Pipeline {
                 warn!("{} messages were not delivered before exit", report.unsent);
             }
             if report.spool.waiting > 0 {
-                info!("{} event messages wait in the spool for the hub", report.spool.waiting);
+                info!("{} messages wait in the spool for the hub", report.spool.waiting);
             }
             self.stats.spool = report.spool;
             self.stats.sent = report.sent;

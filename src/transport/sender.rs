@@ -216,6 +216,13 @@ impl Sender {
         self.spool.as_ref().map(|spool| (spool.len() as u64, spool.used_bytes()))
     }
 
+    /// Queues a message, waiting until `deadline` for room; the message
+    /// comes back if there is none by then. For sources that can wait for
+    /// the network, which then never drop or spool for a full queue.
+    pub fn offer_until(&self, message: Message, deadline: Instant) -> std::result::Result<(), Message> {
+        self.queue.0.push_until(message, deadline)
+    }
+
     /// Stops taking messages, delivers what it can in the time `how` allows,
     /// and reports.
     pub fn finish(self, how: Shutdown) -> SenderReport {
