@@ -17,11 +17,12 @@ use serde::{Deserialize, Serialize};
 use crate::capture::CaptureConfig;
 use crate::encode::EncodeConfig;
 use crate::gpio::GpioConfig;
+use crate::hub::HubConfig;
 use crate::motion::MotionConfig;
 use crate::settings::{Checker, ConfigOrigin};
 use crate::stats::StatsConfig;
 use crate::transport::security::{Role, SecurityConfig};
-use crate::transport::{SpoolConfig, TransportConfig};
+use crate::transport::{Mode, SpoolConfig, TransportConfig};
 
 /// The whole configuration of a node.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -36,6 +37,8 @@ pub struct Config {
     pub gpio: GpioConfig,
     pub security: SecurityConfig,
     pub stats: StatsConfig,
+    /// `camnode hub` reads this section and `[security]`; a node ignores it.
+    pub hub: HubConfig,
 }
 
 /// `[node]`: who this node is.
@@ -90,6 +93,29 @@ impl Config {
         self.spool.check(&mut check);
         self.gpio.check(&mut check);
         self.security.check(&mut check, Role::of_node(self.transport.mode));
+        check.finish()
+    }
+
+    /// Checks what `camnode hub` uses: `[hub]`, and `[security]` for each
+    /// end the hub has (a server for what it binds, a client for what it
+    /// connects to).
+    pub fn validate_hub(&self, origin: &ConfigOrigin) -> Result<()> {
+        let mut check = Checker::new(origin);
+        self.hub.check(&mut check);
+        match (self.hub.mode(), self.hub.binds()) {
+            (Mode::Req, _) => self.security.check(&mut check, Role::Server),
+            (Mode::Pub, false) => self.security.check(&mut check, Role::Client),
+            (Mode::Pub, true) if self.security.enabled() => check.fail(
+                "hub",
+                "mode",
+                "\"pub\"",
+                "with [security], a hub that subscribes to PUB nodes cannot also bind --publish or --push: republish from a REQ hub",
+            ),
+            (Mode::Pub, true) => {}
+        }
+        if self.hub.worker_cert.is_some() && !self.security.enabled() {
+            check.fail("hub", "worker_cert", &format!("{:?}", self.hub.worker_cert.as_deref().unwrap_or(Path::new(""))), "CURVE to workers needs this hub's own keys: set [security] secret_cert too");
+        }
         check.finish()
     }
 
