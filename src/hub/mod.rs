@@ -313,7 +313,7 @@ impl Hub {
             task.finish();
         }
         if self.summary.unprocessed > 0 {
-            warn!("{} acknowledged images were never answered by a worker (stopped by a signal)", self.summary.unprocessed);
+            warn!("{} acknowledged images were never answered by a worker", self.summary.unprocessed);
         }
         self.fill_summary();
         Ok(())

@@ -274,10 +274,10 @@ impl Dispatcher {
             self.queue.wake.clear();
         }
         for index in 0..self.workers.len() {
-            if ready[2 + 2 * index] {
+            if ready[1 + 2 * index] {
                 self.replies(index)?;
             }
-            if ready[2 + 2 * index + 1] {
+            if ready[2 + 2 * index] {
                 self.events(index);
             }
         }
