@@ -78,8 +78,8 @@ pub struct NodeFlags {
 pub struct RunArgs {
     #[command(flatten)]
     pub node: NodeFlags,
-    /// Hub address: REQ connects to it, PUB binds it.
-    #[arg(long)]
+    /// Hub address: REQ connects to it, PUB binds it; several as A,B (REQ: failover in that order).
+    #[arg(long, value_name = "ADDR[,ADDR...]")]
     pub hub: Option<String>,
     /// req (acknowledged, for events that must arrive) or pub (live view).
     #[arg(long)]

@@ -162,7 +162,19 @@ mod tests {
         assert_eq!(config.capture.flip, Flip::Rotate180);
         assert_eq!(config.encode.quality, 75);
         assert_eq!(config.encode.send, SendPolicy::All);
-        assert_eq!(config.transport.address(), "tcp://*:5555");
+        assert_eq!(config.transport.addresses(), ["tcp://*:5555"]);
+    }
+
+    #[test]
+    fn several_hubs_are_a_string_or_a_list() {
+        for text in ["hub = \"tcp://a:1, tcp://b:2\"", "hub = [\"tcp://a:1\", \"tcp://b:2\"]"] {
+            let (config, origin) = load(&format!("[transport]\n{text}\n")).unwrap();
+            config.validate(&origin).unwrap();
+            assert_eq!(config.transport.addresses(), ["tcp://a:1", "tcp://b:2"]);
+        }
+        let (config, origin) = load("[transport]\nhub = \"tcp://a:1,b:2\"\n").unwrap();
+        let err = config.validate(&origin).unwrap_err().to_string();
+        assert!(err.contains("[transport] hub = \"b:2\""), "{err}");
     }
 
     #[test]
