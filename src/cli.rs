@@ -120,7 +120,8 @@ pub struct RunArgs {
 }
 
 /// `camnode hub`: every `[hub]` key has a flag of the same name (flags win
-/// over `--config`); `--count`, `--idle`, `--jsonl` and `--summary-json` are
+/// over `--config`), but the NATS credentials and TLS files, which belong in
+/// the config file; `--count`, `--idle`, `--jsonl` and `--summary-json` are
 /// for this run only.
 #[derive(Args, Debug, Default)]
 pub struct HubArgs {
@@ -172,6 +173,21 @@ pub struct HubArgs {
     /// NATS servers: feed images from JetStream to --workers.
     #[arg(long, value_delimiter = ',', value_name = "URL,...")]
     pub from_nats: Vec<String>,
+    /// JetStream stream [default: CAMNODE].
+    #[arg(long)]
+    pub nats_stream: Option<String>,
+    /// Replicas when the hub creates the stream [default: 1].
+    #[arg(long)]
+    pub nats_replicas: Option<usize>,
+    /// Megabytes the stream may hold [default: 1024].
+    #[arg(long)]
+    pub nats_max_mb: Option<u64>,
+    /// Durable consumer the dispatchers share [default: camnode-workers].
+    #[arg(long)]
+    pub nats_consumer: Option<String>,
+    /// Seconds before JetStream redelivers an unacknowledged image [default: 60].
+    #[arg(long, value_name = "SECONDS")]
+    pub nats_ack_wait: Option<f64>,
     /// Stop after N messages.
     #[arg(long)]
     pub count: Option<u64>,
@@ -297,6 +313,11 @@ impl HubArgs {
         flag!(push => hub.push);
         flag!(queue_mb => hub.queue_mb);
         flag!(max_message_mb => hub.max_message_mb);
+        flag!(nats_stream => hub.nats_stream);
+        flag!(nats_replicas => hub.nats_replicas);
+        flag!(nats_max_mb => hub.nats_max_mb);
+        flag!(nats_consumer => hub.nats_consumer);
+        flag!(nats_ack_wait => hub.nats_ack_wait);
         flag!(secret_cert => security.secret_cert);
         flag!(server_cert => security.server_cert);
         flag!(allowed_dir => security.allowed_dir);

@@ -18,91 +18,8 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
+use support::images::*;
 use support::*;
-
-const LIMIT: Duration = Duration::from_secs(60);
-
-/// A JPEG of the synthetic scene at this size (tens of kilobytes at 768x576).
-fn scene_jpeg(width: usize, height: usize) -> Vec<u8> {
-    use camnode::capture::FrameSource;
-    let mut scene = camnode::capture::Synthetic::new(width, height, 7);
-    let frame = scene.next_frame().unwrap().unwrap();
-    let mut out = Vec::new();
-    camnode::encode::Encoder::new(camnode::encode::Format::Jpg, 95).unwrap().encode(&frame, &mut out).unwrap();
-    out
-}
-
-/// `jpeg` with "TAG" as a comment segment right after SOI.
-fn tagged(jpeg: &[u8], tag: &str) -> Vec<u8> {
-    let mut out = jpeg[..2].to_vec();
-    out.extend_from_slice(&[0xFF, 0xFE]);
-    out.extend_from_slice(&((tag.len() + 2) as u16).to_be_bytes());
-    out.extend_from_slice(tag.as_bytes());
-    out.extend_from_slice(&jpeg[2..]);
-    out
-}
-
-/// A REQ node in the test: sends tagged images one at a time, as a camnode
-/// node does, and returns the tags the hub acknowledged.
-fn send_images(address: &str, node: &str, count: u64, jpeg: &[u8]) -> Vec<String> {
-    send_paced(address, node, count, jpeg, Duration::ZERO)
-}
-
-/// [`send_images`] with `pace` between the sends, as a camera's frame rate.
-fn send_paced(address: &str, node: &str, count: u64, jpeg: &[u8], pace: Duration) -> Vec<String> {
-    let context = zmq::Context::new();
-    let socket = context.socket(zmq::REQ).unwrap();
-    socket.set_linger(0).unwrap();
-    socket.set_rcvtimeo(LIMIT.as_millis() as i32).unwrap();
-    socket.connect(address).unwrap();
-    let mut acked = Vec::new();
-    for seq in 1..=count {
-        let tag = format!("{node} {seq}");
-        let header = format!(r#"{{"msg": "{node} Cam|jpg", "node": "{node}", "boot": 1, "seq": {seq}, "ts": {}}}"#, camnode::frame::unix_now());
-        socket.send_multipart([header.into_bytes(), tagged(jpeg, &tag)], 0).unwrap();
-        let reply = socket.recv_bytes(0).unwrap_or_else(|e| panic!("no reply from the hub to {tag}: {e}"));
-        assert_eq!(reply, b"OK", "{tag}");
-        acked.push(tag);
-        std::thread::sleep(pace);
-    }
-    acked
-}
-
-/// A Python imagezmq worker (tests/python/worker.py) on a free port.
-struct Worker {
-    proc: Proc,
-    lines: Receiver<String>,
-    address: String,
-    out: PathBuf,
-}
-
-fn worker(dir: &Path, name: &str, args: &[&str]) -> Worker {
-    let out = dir.join(format!("{name}.txt"));
-    let mut proc = Proc::spawn(
-        name,
-        Command::new(python()).arg(repo_root().join("tests/python/worker.py")).args(args).arg("--out").arg(&out).stdout(Stdio::piped()),
-    );
-    let lines = line_channel(proc.stdout());
-    let ready = expect_line(&lines, "READY", LIMIT);
-    let address = ready.split_whitespace().nth(1).unwrap().to_string();
-    Worker { proc, lines, address, out }
-}
-
-/// Tags of the images the workers answered, from their record files.
-fn processed(workers: &[&Worker]) -> Vec<String> {
-    let mut tags = Vec::new();
-    for worker in workers {
-        let text = std::fs::read_to_string(&worker.out).unwrap_or_default();
-        tags.extend(text.lines().map(|l| l.split(' ').skip(1).take(2).collect::<Vec<_>>().join(" ")));
-    }
-    tags
-}
-
-fn assert_all_processed(acked: &[String], processed: &[String]) {
-    let done: HashSet<&String> = processed.iter().collect();
-    let missing: Vec<&String> = acked.iter().filter(|t| !done.contains(t)).collect();
-    assert!(missing.is_empty(), "{} acknowledged images were never processed: {:?}", missing.len(), &missing[..missing.len().min(10)]);
-}
 
 /// `camnode -v hub` on a free port, stopping `idle` seconds after the last message.
 fn hub(dir: &Path, idle: &str, args: &[&str]) -> (Proc, String, PathBuf) {
@@ -128,7 +45,7 @@ fn a_worker_killed_with_sigkill_loses_no_acknowledged_image() {
         std::thread::spawn(move || send_images(&address, "yard", 300, &jpeg))
     };
     // Killed while images flow: it holds one, others wait in the hub's queue.
-    wait_for_records(&two, 20);
+    wait_for_records(&[&two], 20);
     two.proc.signal(libc::SIGKILL);
     let acked = sender.join().unwrap();
     assert!(hub.wait(LIMIT).success());
@@ -136,16 +53,6 @@ fn a_worker_killed_with_sigkill_loses_no_acknowledged_image() {
     let summary = read_json(&summary);
     assert_eq!(summary["unprocessed"], 0, "{summary}");
     assert!(summary["processed"].as_u64().unwrap() >= 300, "{summary}");
-}
-
-/// Waits until a worker has answered `n` images (its record file has the lines).
-fn wait_for_records(worker: &Worker, n: usize) {
-    let deadline = Instant::now() + LIMIT;
-    while std::fs::read_to_string(&worker.out).map_or(0, |t| t.lines().count()) < n {
-        assert!(Instant::now() < deadline, "worker {} answered fewer than {n} images", worker.address);
-        // The worker announces nothing per image on stdout; its record file is the signal.
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]

@@ -171,6 +171,9 @@ impl HubConfig {
         if !self.from_nats.is_empty() && self.workers.is_empty() {
             check.fail("hub", "from_nats", &format!("{:?}", self.from_nats), "a dispatcher feeds workers: add --workers tcp://WORKER:PORT,...");
         }
+        if !self.nats.is_empty() && self.from_nats.is_empty() && !self.workers.is_empty() {
+            check.fail("hub", "workers", &format!("{:?}", self.workers), "with --nats, images reach workers through JetStream: add --from-nats (here or on other machines)");
+        }
         for (key, urls) in [("nats", &self.nats), ("from_nats", &self.from_nats)] {
             for url in urls {
                 if url.is_empty() || url.contains(char::is_whitespace) || url.contains('@') {

@@ -268,7 +268,13 @@ impl Hub {
     /// set meanwhile. Fills [`Hub::summary`].
     pub fn run(&mut self, stop: &AtomicBool, mut each: impl FnMut(&Received) -> Result<()>) -> Result<()> {
         let mut last = Instant::now();
+        // A dispatcher's work comes from JetStream, not from nodes.
+        let mut consumed = 0;
         while !stop.load(Ordering::Relaxed) {
+            let now_consumed = self.status.nats_consumed.load(Ordering::Relaxed);
+            if now_consumed != consumed {
+                (consumed, last) = (now_consumed, Instant::now());
+            }
             if self.count.is_some_and(|n| self.status.messages.load(Ordering::Relaxed) >= n) {
                 break;
             }

@@ -355,8 +355,12 @@ impl Stage {
                 }
             }
         }
-        // Accepted from here on: remembered, counted, shown.
-        if let Some(id) = m.id() {
+        // Accepted from here on: counted, shown, and remembered, so a repeat
+        // is only acknowledged. What goes to JetStream is not safe until it
+        // acknowledges; a repeat of it goes there again, and JetStream drops
+        // it by its message id.
+        let forwarded = self.outlets.forward.is_some() && m.is_image();
+        if let Some(id) = m.id().filter(|_| !forwarded) {
             self.store.recent.remember(id);
         }
         self.account(&m, received, path);
