@@ -5,7 +5,9 @@
    (imagezmq ImageHub + file write + reply, bench/imagehub_receiver.py),
    each fed by the same load generator (bench/loadgen.rs: N simulated
    cameras sending a 768x576 JPEG as fast as replies come). msg/s, and the
-   receiver's CPU per message (user + system time of its process).
+   receiver's CPU per message (user + system time of its process). Each on
+   the disk and on tmpfs: on the disk, the fsynced store runs at what the
+   disk takes (measured too), so the tmpfs rows show the receivers' own cost.
 2. Workers: 100 cameras x 5 fps straight into one ImageHub program that
    spends 5 ms per image, against `camnode hub --workers` with four such
    programs (tests/python/worker.py --delay 0.005), one of which is killed
@@ -104,27 +106,51 @@ def python_worker(args, workdir, name, delay):
     return proc, proc.ready[0], out
 
 
+def disk_mb_per_s(directory):
+    """What the store's disk takes with fsync: 200 MB written and fdatasynced, MB/s."""
+    path = os.path.join(directory, "dd-probe")
+    block = os.urandom(1 << 20)
+    start = time.time()
+    with open(path, "wb") as f:
+        for _ in range(200):
+            f.write(block)
+        os.fdatasync(f.fileno())
+    took = time.time() - start
+    os.remove(path)
+    return 200 / took
+
+
 def ingest(args, workdir):
-    """Section 1: rows for the hub and the Python receiver."""
+    """Section 1: rows for the hub and the Python receiver, on the disk and on tmpfs."""
     rows = []
-    for name in ["camnode hub --save (fsync)", "imagehub-style Python"]:
+    receivers = [
+        ("camnode hub --save, disk (fsynced)", "camnode", args.store),
+        ("camnode hub --save, tmpfs", "camnode", args.tmpfs),
+        ("camnode hub, no store", "camnode", None),
+        ("imagehub-style Python, disk (no fsync)", "python", args.store),
+        ("imagehub-style Python, tmpfs", "python", args.tmpfs),
+    ]
+    for name, kind, where in receivers:
         port = free_port()
-        store = os.path.join(args.store, f"ingest-{port}")
-        os.makedirs(store)
-        if name.startswith("camnode"):
-            proc = Proc([args.camnode, "hub", "--bind", f"tcp://127.0.0.1:{port}", "--save", store])
+        store = os.path.join(where, f"bench-hub-{port}") if where else None
+        save = ["--save", store] if store else []
+        if kind == "camnode":
+            proc = Proc([args.camnode, "hub", "--bind", f"tcp://127.0.0.1:{port}", *save])
         else:
-            proc = Proc([args.python, RECEIVER, "--port", str(port), "--save", store], ready="READY")
+            proc = Proc([args.python, RECEIVER, "--port", str(port), *save], ready="READY")
         time.sleep(0.5)
         before = cpu_seconds(proc.pid)
         figures = loadgen(args, f"tcp://127.0.0.1:{port}", args.ingest_nodes, 0, args.seconds)
         cpu = cpu_seconds(proc.pid) - before
         proc.stop()
-        files = sum(len(f) for _, _, f in os.walk(store)) - (1 if name.startswith("camnode") else 0)
-        shutil.rmtree(store)
+        files = 0
+        if store:
+            files = sum(1 for _, _, f in os.walk(store) for n in f if n.endswith(".jpg"))
+            shutil.rmtree(store)
         rows.append({"receiver": name, "msg_per_s": figures["msg_per_s"], "cpu_ms_per_msg": 1000 * cpu / max(figures["acked"], 1),
                      "cpu_percent": 100 * cpu / args.seconds, "p50_ms": figures["latency_ms_p50"], "p99_ms": figures["latency_ms_p99"],
                      "acked": figures["acked"], "files": files})
+    rows.append({"receiver": f"(the disk itself: dd-like 200 MB + fdatasync = {disk_mb_per_s(args.store):.0f} MB/s)"})
     return rows
 
 
@@ -256,6 +282,7 @@ def main():
     parser.add_argument("--ingest-nodes", type=int, default=16)
     parser.add_argument("--store", default=os.path.expanduser("~/.cache/camnode/bench-hub"),
                         help="where the receivers write (a real disk: the store fsyncs)")
+    parser.add_argument("--tmpfs", default="/dev/shm", help="a memory file system, where fsync costs nothing")
     parser.add_argument("--only", default="ingest,workers,fleet,nats")
     parser.add_argument("--out", help="also write the tables (markdown) and raw JSON here")
     args = parser.parse_args()
