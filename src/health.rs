@@ -100,8 +100,8 @@ struct Sample {
 }
 
 impl HealthProbe {
-    /// `hub` is the transport address (`tcp://HOST:PORT`); its host is
-    /// resolved once, here, so that heartbeats never wait on DNS.
+    /// `hub` is the (first) transport address (`tcp://HOST:PORT`); its host
+    /// is resolved once, here, so that heartbeats never wait on DNS.
     pub fn new(hub: &str, disk: &Path, heartbeat_s: f64) -> HealthProbe {
         HealthProbe {
             started: Instant::now(),

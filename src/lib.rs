@@ -23,12 +23,15 @@
 //! - [`pipeline`]: the node's main loop that joins the stages, decides which
 //!   frames are encoded, and keeps pre-event frames; [`control`] carries what
 //!   reaches it from outside the camera (signals, the trigger).
-//! - [`hub`]: the receiving side, `camnode hub`, which shows every message
-//!   it accepts to its observers. One is [`fleet`]: each node and view as
-//!   the hub sees it (latest image, motion, health from heartbeats,
-//!   staleness, an events timeline). It is read by [`console`] (the page at
-//!   `/`, its JSON API and `/metrics`) and [`mqtt`] (Home Assistant
-//!   discovery and events), which [`services`] runs on a thread of their own.
+//! - [`hub`]: the receiving side, `camnode hub`: the broker between many
+//!   nodes and the programs that use their images (a store, a pool of
+//!   imagezmq workers, subscribers, JetStream); its `mod.rs` follows one
+//!   message through it. It shows every message it accepts to its
+//!   observers. One is [`fleet`]: each node and view as the hub sees it
+//!   (latest image, motion, health from heartbeats, staleness, an events
+//!   timeline). It is read by [`console`] (the page at `/`, its JSON API and
+//!   `/metrics`) and [`mqtt`] (Home Assistant discovery and events), which
+//!   [`services`] runs on a thread of their own.
 //! - [`cli`]: the thin command-line layer over all of it.
 //!
 //! Shared by all: [`frame`] (frame buffers), [`queue`] (allocation-free

@@ -36,7 +36,7 @@ fn broker(dir: &Path, port: u16) -> Proc {
         format!("listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\npersistence false\nuser root\nlog_type error\n", passwords.display()),
     )
     .unwrap();
-    let broker = Proc::spawn("mosquitto", Command::new("mosquitto").arg("-c").arg(&config).stdout(Stdio::null()));
+    let broker = Proc::spawn("mosquitto", Command::new("mosquitto").arg("-c").arg(&config).stdout(Stdio::null()).stderr(Stdio::null()));
     let deadline = Instant::now() + LIMIT;
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "mosquitto did not listen on {port}");

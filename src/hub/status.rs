@@ -34,6 +34,8 @@ pub struct HubStatus {
     pub(crate) images: AtomicU64,
     /// Of those, motion and trigger events.
     pub(crate) events: AtomicU64,
+    /// Of those, heartbeats.
+    pub(crate) heartbeats: AtomicU64,
     /// Payload bytes of accepted messages.
     pub(crate) bytes: AtomicU64,
     /// Repeats of accepted messages (a node resending after a lost reply), acknowledged again.
@@ -89,6 +91,7 @@ pub struct HubSnapshot {
     pub messages_total: u64,
     pub images_total: u64,
     pub events_total: u64,
+    pub heartbeats_total: u64,
     pub bytes_total: u64,
     pub duplicates_total: u64,
     pub bad_total: u64,
@@ -128,6 +131,7 @@ impl HubStatus {
             messages: AtomicU64::new(0),
             images: AtomicU64::new(0),
             events: AtomicU64::new(0),
+            heartbeats: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             bad: AtomicU64::new(0),
@@ -157,6 +161,7 @@ impl HubStatus {
             messages_total: get(&self.messages),
             images_total: get(&self.images),
             events_total: get(&self.events),
+            heartbeats_total: get(&self.heartbeats),
             bytes_total: get(&self.bytes),
             duplicates_total: get(&self.duplicates),
             bad_total: get(&self.bad),

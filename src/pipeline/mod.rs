@@ -193,7 +193,7 @@ impl Pipeline {
             boot: (unix_now() * 1e6) as u64,
             boxes: Vec::with_capacity(crate::motion::MAX_BOXES),
             in_event: false,
-            health: HealthProbe::new(&config.transport.address(), &config.spool.dir, config.node.heartbeat),
+            health: HealthProbe::new(config.transport.addresses().first().map_or("", String::as_str), &config.spool.dir, config.node.heartbeat),
             stats: RunStats::default(),
             config: config.clone(),
         };
