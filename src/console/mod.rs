@@ -65,7 +65,7 @@ pub const IDLE: Duration = Duration::from_secs(2);
 /// Timeline events a page gets when it opens.
 const FIRST_EVENTS: usize = 100;
 /// Events every update carries again.
-const RESENT: u64 = 20;
+const RESENT: u64 = 8;
 /// Events on a node's page.
 const NODE_EVENTS: usize = 60;
 

@@ -139,6 +139,7 @@ function loadImage(tile, node, view) {
       if (tile.url) URL.revokeObjectURL(tile.url);
       tile.url = url;
       tile.element.dataset.shown = wanted;
+      tile.element.dataset.loads = Number(tile.element.dataset.loads || 0) + 1;
     })
     .catch(() => {})
     .finally(() => {
