@@ -1,22 +1,27 @@
 """What open consoles cost the hub (docs/console.md, issue 22's targets):
 
-1. CPU per image: three nodes send 100 images/s in all (synthetic 640x480,
-   `--send all`) to a hub that stores them. In alternating rounds the hub
-   runs plain (no --http) and with the console and three headless Chromium
-   pages open on it; the hub process's CPU time (utime + stime) is divided
-   by the images it stored in the same window, and so is the CPU time of
-   its `services` thread alone (HTTP, server-sent events, images to the
-   pages). Target: the console rounds at most 10 % above the plain ones.
-   With two or more cores the hub runs on core 0 and everything else (the
-   nodes, the browsers) on the others, so that the browsers' own work
-   does not land on the hub's core.
-2. Memory: the console hub with the three pages open for --minutes
-   (default 10), its VmRSS sampled every 10 s. Target: flat.
+1. CPU per image: three PUB nodes send 100 images/s in all (synthetic
+   640x480, `--send all`); two hubs subscribe to the same three and store
+   every image, side by side on the same core: one plain (no --http), one
+   with the console and three headless Chromium pages open on it. Each
+   hub's CPU time (utime + stime) over the same window is divided by the
+   images it stored, and so is the CPU time of the console hub's `services`
+   thread alone (HTTP, server-sent events, images for the pages). Running
+   both at once on the same stream cancels what else the machine is doing
+   at the time, which on a shared machine swings sequential runs by tens
+   of percent. Target: the console hub at most 10 % above the plain one.
+   With two or more cores the hubs run on core 0 and everything else (the
+   nodes, the browsers) on the others.
+2. Memory: the same two hubs side by side for --minutes (default 10),
+   the pages open on the console hub, both VmRSS sampled every 10 s. A hub
+   grows by itself for its first 100,000 messages (the ids it remembers to
+   drop repeats, about 17 minutes at 100 messages/s), so what the console
+   keeps is the difference between the two. Target: that difference flat.
 
 Run with the test venv's Python (selenium):
 
     cargo build --release
-    "$(bash scripts/python-env.sh)" bench/console.py [--rounds 3] [--seconds 60] [--minutes 10]
+    "$(bash scripts/python-env.sh)" bench/console.py [--rounds 5] [--seconds 40] [--minutes 10]
 
 It prints one line per round and sample and a JSON summary at the end.
 """
@@ -52,6 +57,8 @@ def free_port():
 
 
 def cpu_seconds(stat):
+    if stat is None:
+        return 0.0
     fields = Path(stat).read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
 
@@ -68,7 +75,7 @@ def rss_kb(pid):
 
 
 def stored(save):
-    return sum(len(files) for _, _, files in os.walk(save) if files) - (1 if (Path(save) / "imagehub.log").exists() else 0)
+    return sum(1 for _, _, files in os.walk(save) for name in files if name.endswith(".jpg"))
 
 
 def wait_port(port, limit=30):
@@ -82,8 +89,8 @@ def wait_port(port, limit=30):
 
 
 class Hub:
-    def __init__(self, camnode, zmq_port, save, http_port=None):
-        args = [camnode, "hub", "--bind", f"tcp://127.0.0.1:{zmq_port}", "--save", save]
+    def __init__(self, camnode, nodes, save, http_port=None):
+        args = [camnode, "hub", "--save", save] + [a for port in nodes for a in ("--connect", f"tcp://127.0.0.1:{port}")]
         if http_port:
             args += ["--http", f"127.0.0.1:{http_port}"]
         self.process = subprocess.Popen(args, stderr=subprocess.DEVNULL, preexec_fn=lambda: os.sched_setaffinity(0, HUB_CORES))
@@ -91,16 +98,10 @@ class Hub:
         if http_port:
             wait_port(http_port)
 
-    def measure(self, seconds):
-        """CPU ms per stored image over `seconds` (the process's, the services
-        thread's), and the images per second."""
-        process, services = f"/proc/{self.process.pid}/stat", thread_stat(self.process.pid, "services")
-        cpu = lambda stat: cpu_seconds(stat) if stat else 0.0  # noqa: E731
-        cpu0, services0, images0, t0 = cpu(process), cpu(services), stored(self.save), time.time()
-        time.sleep(seconds)
-        cpu1, services1, images1, t1 = cpu(process), cpu(services), stored(self.save), time.time()
-        images = max(images1 - images0, 1)
-        return 1000 * (cpu1 - cpu0) / images, 1000 * (services1 - services0) / images, images / (t1 - t0)
+    def sample(self):
+        """CPU seconds of the process and of its services thread, and images stored."""
+        pid = self.process.pid
+        return cpu_seconds(f"/proc/{pid}/stat"), cpu_seconds(thread_stat(pid, "services")), stored(self.save)
 
     def stop(self):
         self.process.send_signal(signal.SIGTERM)
@@ -112,84 +113,86 @@ class Hub:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--camnode", default=str(Path(__file__).resolve().parent.parent / "target/release/camnode"))
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=60, help="measured time per round and mode")
-    parser.add_argument("--warmup", type=float, default=10, help="seconds after a start before measuring")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=40, help="measured time per round")
+    parser.add_argument("--warmup", type=float, default=8, help="seconds after a start before measuring")
     parser.add_argument("--minutes", type=float, default=10, help="memory run; 0 skips it")
     parser.add_argument("--rate", type=float, default=100, help="images per second from the three nodes together")
     parser.add_argument("--browsers", type=int, default=3)
     args = parser.parse_args()
 
-    # Nodes and browsers (started from here) stay off the hub's core.
+    # Nodes and browsers (started from here) stay off the hubs' core.
     os.sched_setaffinity(0, OTHER_CORES)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    zmq_port, http_port = free_port(), free_port()
+    node_ports, http_port = [free_port() for _ in range(3)], free_port()
     work = tempfile.mkdtemp(prefix="camnode-console-bench-")
     nodes = [subprocess.Popen([args.camnode, "run", "--source", "synthetic:640x480", "--rate", str(args.rate / 3), "--send", "all",
-                               "--heartbeat", "5", "--name", name, "--hub", f"tcp://127.0.0.1:{zmq_port}", "--spool", f"{work}/spool-{name}"],
-                              stderr=subprocess.DEVNULL) for name in ("garage", "porch", "yard")]
+                               "--heartbeat", "5", "--name", name, "--mode", "pub", "--hub", f"tcp://127.0.0.1:{port}"],
+                              stderr=subprocess.DEVNULL) for name, port in zip(("garage", "porch", "yard"), node_ports)]
     results = {"plain": [], "console": [], "services": [], "rate": [], "shown_per_s": []}
-    hub, pages = None, []
+    hubs, pages, memory = [], [], []
     try:
         for round_ in range(args.rounds):
-            hub = Hub(args.camnode, zmq_port, f"{work}/plain-{round_}")
-            time.sleep(args.warmup)
-            ms, _, rate = hub.measure(args.seconds)
-            hub.stop()
-            print(f"round {round_ + 1} plain:   {ms:.3f} ms CPU per image at {rate:.1f} images/s", flush=True)
-            results["plain"].append(ms)
-            results["rate"].append(rate)
-
-            hub = Hub(args.camnode, zmq_port, f"{work}/console-{round_}", http_port)
+            hubs = [Hub(args.camnode, node_ports, f"{work}/plain-{round_}"), Hub(args.camnode, node_ports, f"{work}/console-{round_}", http_port)]
             pages = open_pages(args.browsers, http_port, work)
             time.sleep(args.warmup)
-            shown0 = sum(p.execute_script(LOADS) for p in pages)
-            ms, services_ms, rate = hub.measure(args.seconds)
-            shown = (sum(p.execute_script(LOADS) for p in pages) - shown0) / args.seconds / args.browsers
+            before, loads0, t0 = [h.sample() for h in hubs], sum(p.execute_script(LOADS) for p in pages), time.time()
+            time.sleep(args.seconds)
+            after, loads1, t1 = [h.sample() for h in hubs], sum(p.execute_script(LOADS) for p in pages), time.time()
             close(pages)
-            hub.stop()
-            print(f"round {round_ + 1} console: {ms:.3f} ms CPU per image ({services_ms:.3f} in the services thread) at {rate:.1f} images/s, "
-                  f"{args.browsers} pages each showing {shown:.1f} images/s", flush=True)
-            results["console"].append(ms)
-            results["services"].append(services_ms)
-            results["shown_per_s"].append(shown)
+            (plain_ms, _, plain_images), (console_ms, services_ms, console_images) = [
+                (1000 * (a[0] - b[0]) / max(a[2] - b[2], 1), 1000 * (a[1] - b[1]) / max(a[2] - b[2], 1), a[2] - b[2]) for b, a in zip(before, after)
+            ]
+            while hubs:
+                hubs.pop().stop()
+            rate, shown = plain_images / (t1 - t0), (loads1 - loads0) / (t1 - t0) / args.browsers
+            print(f"round {round_ + 1}: plain {plain_ms:.3f} ms CPU per image ({plain_images} images, {rate:.1f}/s); console {console_ms:.3f} "
+                  f"({console_images} images; {services_ms:.3f} in the services thread), {args.browsers} pages each showing {shown:.1f} images/s, "
+                  f"{100 * (console_ms / plain_ms - 1):+.1f} %", flush=True)
+            for key, value in (("plain", plain_ms), ("console", console_ms), ("services", services_ms), ("rate", rate), ("shown_per_s", shown)):
+                results[key].append(value)
 
-        memory = []
         if args.minutes > 0:
-            hub = Hub(args.camnode, zmq_port, f"{work}/memory", http_port)
+            hubs = [Hub(args.camnode, node_ports, f"{work}/memory-plain"), Hub(args.camnode, node_ports, f"{work}/memory-console", http_port)]
             pages = open_pages(args.browsers, http_port, work)
             start = time.time()
             while time.time() - start < args.minutes * 60:
                 time.sleep(10)
-                memory.append((round(time.time() - start), rss_kb(hub.process.pid)))
-                print(f"memory: {memory[-1][0]:4d} s {memory[-1][1]} kB", flush=True)
-            close(pages)
-            hub.stop()
+                plain, console = (rss_kb(h.process.pid) for h in hubs)
+                memory.append((round(time.time() - start), plain, console))
+                print(f"memory: {memory[-1][0]:4d} s plain {plain} kB, console {console} kB, difference {console - plain} kB", flush=True)
     finally:
         close(pages)
-        if hub and hub.process.poll() is None:
-            hub.stop()
+        while hubs:
+            hubs.pop().stop()
         for node in nodes:
             node.send_signal(signal.SIGTERM)
         for node in nodes:
             node.wait(timeout=30)
+        shutil.rmtree(work, ignore_errors=True)
 
-    plain, console = statistics.median(results["plain"]), statistics.median(results["console"])
-    summary = {
-        "images_per_s": round(statistics.median(results["rate"]), 1),
-        "plain_ms_per_image": round(plain, 3),
-        "console_ms_per_image": round(console, 3),
-        "console_over_plain_percent": round(100 * (console / plain - 1), 1),
-        "services_thread_ms_per_image": round(statistics.median(results["services"]), 3),
-        "services_thread_percent_of_plain": round(100 * statistics.median(results["services"]) / plain, 1),
-        "rounds": {k: [round(v, 3) for v in vs] for k, vs in results.items()},
-        "pages": args.browsers,
-        "images_shown_per_page_per_s": round(statistics.median(results["shown_per_s"]), 1),
-    }
+    summary = {"pages": args.browsers}
+    if results["plain"]:
+        plain, console = statistics.median(results["plain"]), statistics.median(results["console"])
+        summary.update({
+            "images_per_s": round(statistics.median(results["rate"]), 1),
+            "plain_ms_per_image": round(plain, 3),
+            "console_ms_per_image": round(console, 3),
+            "console_over_plain_percent": round(100 * (console / plain - 1), 1),
+            "services_thread_ms_per_image": round(statistics.median(results["services"]), 3),
+            "images_shown_per_page_per_s": round(statistics.median(results["shown_per_s"]), 1),
+            "rounds": {k: [round(v, 3) for v in vs] for k, vs in results.items()},
+        })
     if memory:
-        after_warmup = [kb for t, kb in memory if t >= 60] or [kb for _, kb in memory]
-        summary["memory_kb"] = {"first": after_warmup[0], "last": after_warmup[-1], "min": min(after_warmup), "max": max(after_warmup),
-                                "samples": len(memory)}
+        # From the first minute on: pages and buffers are set up by then.
+        settled = [m for m in memory if m[0] >= 60] or memory
+        difference = [console - plain for _, plain, console in settled]
+        summary["memory_kb"] = {
+            "plain": {"first": settled[0][1], "last": settled[-1][1]},
+            "console": {"first": settled[0][2], "last": settled[-1][2]},
+            "difference": {"first": difference[0], "last": difference[-1], "min": min(difference), "max": max(difference)},
+            "seconds": [settled[0][0], settled[-1][0]],
+        }
     print(json.dumps(summary, indent=2))
 
 

@@ -1,10 +1,11 @@
 // camnode console: plain JavaScript, no build step, no dependencies.
 //
-// The hub pushes the fleet as server-sent events (/api/live) at most four
-// times a second; each tile fetches its view's latest image when the fleet
-// says there is a newer one and the last fetch has finished, so a slow
-// browser (or a phone in the background) simply sees fewer frames. Ages and
-// staleness tick on the hub's clock (the offset is measured on each push).
+// The hub pushes the fleet as server-sent events (/api/live) at most twice
+// a second; each tile on screen fetches its view's latest image when the
+// fleet says there is a newer one and the last fetch has finished, so a
+// slow browser simply sees fewer frames, and a hidden page or a tile
+// scrolled away fetches none. Ages and staleness tick on the hub's clock
+// (the offset is measured on each push).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -94,12 +95,18 @@ function receive(snapshot) {
 
 // --- tiles ----------------------------------------------------------------
 
+// Which tiles are on screen: the others wait until they are.
+const onScreen = new IntersectionObserver((entries) => {
+  for (const entry of entries) entry.target.classList.toggle("offscreen", !entry.isIntersecting);
+});
+
 function tileFor(key, parent, index) {
   let tile = state.tiles.get(key);
   if (!tile) {
     const element = $("tile").content.firstElementChild.cloneNode(true);
     tile = { element, img: element.querySelector("img"), shown: 0, loading: false, url: null };
     state.tiles.set(key, tile);
+    onScreen.observe(element);
   }
   if (parent.children[index] !== tile.element) parent.insertBefore(tile.element, parent.children[index] || null);
   return tile;
@@ -123,9 +130,11 @@ function fillTile(tile, node, view, now) {
   if (view) loadImage(tile, node.name, view);
 }
 
-// One fetch at a time per tile, and only for an image newer than the one shown.
+// One fetch at a time per tile, only for an image newer than the one shown,
+// and only for a tile that can be seen (its first image comes anyway).
 function loadImage(tile, node, view) {
   if (tile.loading || view.images <= tile.shown) return;
+  if (tile.shown && (document.hidden || tile.element.classList.contains("offscreen"))) return;
   tile.loading = true;
   const wanted = view.images;
   fetch(`/api/frame/${enc(node)}/${enc(view.view)}?n=${wanted}`, { cache: "no-store" })
@@ -167,6 +176,7 @@ function renderGrid(snapshot, now) {
 function dropTiles(prefix, keep) {
   for (const [key, tile] of state.tiles) {
     if (key.startsWith(prefix) && !keep.has(key)) {
+      onScreen.unobserve(tile.element);
       tile.element.remove();
       if (tile.url) URL.revokeObjectURL(tile.url);
       state.tiles.delete(key);
