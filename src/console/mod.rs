@@ -59,8 +59,9 @@ use crate::hub::HubStatus;
 use crate::settings::read_secret;
 
 /// Least time between two updates of a live page, and so between two
-/// images of a tile: two a second keep a grid live while three open pages
-/// cost a hub taking 100 images/s under 10 % more CPU (bench/console.py).
+/// images of a tile: two a second keep a grid live, and halving it from four
+/// took the cost of three open pages to a hub taking 100 images/s from 17 %
+/// to 15 % more CPU per image (bench/console.py, docs/console.md).
 pub const PACE: Duration = Duration::from_millis(500);
 /// Most time between two updates: ages and staleness move on without news.
 pub const IDLE: Duration = Duration::from_secs(2);
