@@ -327,7 +327,13 @@ impl HubArgs {
         flag!(list from_nats);
         let config = Config { hub, security, ..config };
         config.validate_hub(&origin)?;
-        Ok(HubOptions { config: config.hub, security: config.security, count: self.count, idle: self.idle.map(Duration::from_secs_f64) })
+        Ok(HubOptions {
+            config: config.hub,
+            security: config.security,
+            count: self.count,
+            idle: self.idle.map(Duration::from_secs_f64),
+            records: self.jsonl.is_some(),
+        })
     }
 }
 

@@ -64,7 +64,7 @@ pub fn inspect(frames: Vec<Bytes>) -> Result<Incoming, String> {
     };
     let header = &incoming.header;
     if header.msg.ends_with("|jpg") {
-        let info = turbojpeg::read_header(&incoming.payload).map_err(|e| format!("{} is not a valid JPEG: {e}", quote(&header.msg)))?;
+        let info = read_jpeg_header(&incoming.payload).map_err(|e| format!("{} is not a valid JPEG: {e}", quote(&header.msg)))?;
         (incoming.width, incoming.height, incoming.kind) = (Some(info.width), Some(info.height), Kind::Jpeg);
     } else if let (Some(dtype), Some(shape)) = (&header.dtype, &header.shape) {
         let expected = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
@@ -92,6 +92,21 @@ pub fn inspect(frames: Vec<Bytes>) -> Result<Incoming, String> {
         incoming.view = None;
     }
     Ok(incoming)
+}
+
+/// A JPEG's header, with a decompressor kept per thread: making one per
+/// message costs more than reading the header.
+fn read_jpeg_header(jpeg: &[u8]) -> turbojpeg::Result<turbojpeg::DecompressHeader> {
+    thread_local! {
+        static DECOMPRESSOR: std::cell::RefCell<Option<turbojpeg::Decompressor>> = const { std::cell::RefCell::new(None) };
+    }
+    DECOMPRESSOR.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.is_none() {
+            *cell = Some(turbojpeg::Decompressor::new()?);
+        }
+        cell.as_mut().expect("made above").read_header(jpeg)
+    })
 }
 
 /// Characters of untrusted text a log line shows.
