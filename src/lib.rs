@@ -27,6 +27,7 @@
 //!   nodes and the programs that use their images (a store, a pool of
 //!   imagezmq workers, subscribers, JetStream); its `mod.rs` follows one
 //!   message through it.
+//! - [`doctor`]: `camnode doctor`, a checklist of what a node needs where it runs.
 //! - [`cli`]: the thin command-line layer over all of it.
 //!
 //! Shared by all: [`frame`] (frame buffers), [`queue`] (allocation-free
@@ -38,6 +39,7 @@ pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod doctor;
 pub mod encode;
 pub mod flip;
 pub mod frame;

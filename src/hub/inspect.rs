@@ -45,8 +45,9 @@ impl Incoming {
 
 /// Checks one message's frames; `Err` says what is wrong, for one warning.
 pub fn inspect(frames: Vec<Bytes>) -> Result<Incoming, String> {
+    let count = frames.len();
     let Ok([raw_header, payload]) = <[Bytes; 2]>::try_from(frames) else {
-        return Err("its frame count is not 2, as imagezmq messages have (JSON header, payload)".into());
+        return Err(format!("it has {count} frames: imagezmq messages have 2 (JSON header, payload)"));
     };
     let header = parse_header(&raw_header)?;
     let msg = &header.msg;
@@ -186,7 +187,7 @@ mod tests {
     #[test]
     fn malformed_messages_say_what_is_wrong() {
         let cases: [(Vec<Bytes>, &str); 5] = [
-            (vec![Bytes::from_static(b"x")], "frame count"),
+            (vec![Bytes::from_static(b"x")], "1 frames: imagezmq messages have 2"),
             (frames("not json", b""), "not imagezmq JSON"),
             (frames(r#"{"msg": "n v|jpg"}"#, b"\xff\xd8garbage"), "not a valid JPEG"),
             (frames(r#"{"msg": "n v|image", "dtype": "float64", "shape": [1]}"#, &[0; 8]), "does not match"),

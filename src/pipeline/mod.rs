@@ -5,22 +5,25 @@
 //! ```
 //!
 //! The loop is driven by messages: between frames it waits on a control
-//! channel (quit, trigger) with the pacing deadline as its timeout, so signals
-//! and inputs meet the camera in one place. Whether a frame is encoded is
+//! channel (quit, trigger, reload) with the pacing deadline as its timeout, so
+//! signals and inputs meet the camera in one place. A reload ([`reload`])
+//! is applied there too, between two frames: the camera, the sockets, the
+//! pre-event ring and the boot id stay. Whether a frame is encoded is
 //! decided in exactly one place, [`Pipeline::decide`]; a still scene costs
 //! no encoding at all.
 
+mod reload;
 mod ring;
 
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use log::{debug, info, warn};
+use log::{debug, error, info, warn};
 
-use crate::capture::{self, FrameSource, OpenOptions, Rate};
-use crate::config::Config;
+use crate::capture::{self, CaptureConfig, FrameSource, Rate, DEFAULT_FILE_FPS};
+use crate::config::{Config, NodeConfig};
 use crate::control::Control;
 use crate::encode::{payload_room, placeholder_jpeg, worker_count, EncodePool, Format, SendPolicy};
 use crate::flip::{flip_into, Flip};
@@ -31,8 +34,12 @@ use crate::stats::{lap, thread_cpu_time, RunStats};
 use crate::status::{NodeStatus, Phase};
 use crate::systemd::{Notifier, Notify};
 use crate::transport::wire::{OutHeader, HEADER_ROOM};
-use crate::transport::{BufferPool, Buffers, Message, MessageKind, Sender, Shutdown};
+use crate::transport::{BufferPool, Buffers, Message, MessageKind, Sender, Shutdown, SpoolKeep};
 use ring::FrameRing;
+
+/// How often a wait for room in the send queue looks at the control
+/// channel, so that a signal still stops a node that waits on a slow hub.
+const ROOM_CHECK: Duration = Duration::from_millis(100);
 
 /// Messages out at once besides those in the send queue and the encoders:
 /// the one the sender is delivering, one it replays from the spool, and the
@@ -87,6 +94,15 @@ pub struct Pipeline {
     /// Bytes every payload buffer reserves: the largest image of this run.
     payload_room: usize,
     status: Arc<NodeStatus>,
+    /// Quit and trigger messages from signals and the GPIO trigger.
+    controls: Receiver<Control>,
+    /// A control message that came while `offer` waited for room; acted on
+    /// before the next frame.
+    deferred: Vec<Control>,
+    /// The source has no clock of its own (a file, a pipe, the synthetic
+    /// scene) and runs at `--rate max`: it waits for room in the send queue
+    /// instead of dropping. Cameras and paced sources never wait.
+    wait_for_room: bool,
     /// Payload of event and notice messages (imagenode sends a tiny image with texts).
     placeholder: Vec<u8>,
     /// What sources that read frames (files, pipes) read into. A frame that
@@ -120,16 +136,7 @@ pub struct Pipeline {
 impl Pipeline {
     /// Opens the source and the transport; nothing is sent yet.
     pub fn run(config: &Config, controls: Receiver<Control>, status: Arc<NodeStatus>) -> Result<RunStats> {
-        let options = OpenOptions {
-            size: config.capture.size.map(|s| (s.width, s.height)),
-            fps: match config.capture.rate {
-                Rate::Fps(fps) => Some(fps),
-                Rate::Max => None,
-            },
-            flip: config.capture.flip,
-            seed: config.capture.seed,
-        };
-        let source = capture::open(&config.capture.source, &options)
+        let source = capture::open(&config.capture)
             .with_context(|| format!("cannot open [capture] source = \"{}\"", config.capture.source))?;
         info!("capturing {}x{} from {}", source.size().0, source.size().1, config.capture.source);
         Pipeline::run_source(config, source, controls, status)
@@ -140,7 +147,9 @@ impl Pipeline {
     pub fn run_source(config: &Config, mut source: Box<dyn FrameSource>, controls: Receiver<Control>, status: Arc<NodeStatus>) -> Result<RunStats> {
         let (width, height) = source.size();
         let workers = worker_count(config.encode.workers);
-        let pre_event = if config.encode.send == SendPolicy::Motion { config.motion.pre_event_frames } else { 0 };
+        // Filled only while the send policy is "motion", but there for a
+        // reload that switches to it; its buffers are made as it fills.
+        let pre_event = config.motion.pre_event_frames;
         let encoder = EncodePool::new(workers, config.encode.format, config.encode.quality)?;
         let frames_held = encoder.most_frames();
         let payload_room = payload_room(config.encode.format, width, height);
@@ -160,6 +169,9 @@ impl Pipeline {
             pool,
             payload_room,
             status,
+            controls,
+            deferred: Vec::new(),
+            wait_for_room: waits_for_room(&config.capture, source.is_live()),
             placeholder,
             current: FrameBuf::default(),
             flipped: FrameBuf::default(),
@@ -179,18 +191,15 @@ impl Pipeline {
         };
         let threads = pipeline.encoder.workers();
         info!("encoding on {threads} thread{}", if threads == 1 { " (inline)" } else { "s" });
-        pipeline.capture_loop(source.as_mut(), &controls)
+        pipeline.capture_loop(source.as_mut())
     }
 
-    fn capture_loop(&mut self, source: &mut dyn FrameSource, controls: &Receiver<Control>) -> Result<RunStats> {
+    fn capture_loop(&mut self, source: &mut dyn FrameSource) -> Result<RunStats> {
         let started = Instant::now();
         self.status.set_phase(Phase::Running);
         self.notice(&self.texts.restart.clone(), 0);
-        let pace = match self.config.capture.rate {
-            Rate::Fps(fps) if !source.is_live() => Some(Duration::from_secs_f64(1.0 / fps)),
-            _ => None,
-        };
-        let heartbeat = (self.config.node.heartbeat > 0.0).then(|| Duration::from_secs_f64(self.config.node.heartbeat));
+        let mut pace = pace_of(&self.config.capture, source.is_live());
+        let mut heartbeat = heartbeat_of(&self.config.node);
         let flip = if source.flips_in_hardware() { Flip::None } else { self.config.capture.flip };
         let maps_frames = source.maps_frames();
         let mut next_due = Instant::now();
@@ -207,7 +216,11 @@ impl Pipeline {
                 break Ok(());
             }
             let wait = pace.map_or(Duration::ZERO, |_| next_due.saturating_duration_since(Instant::now()));
-            match controls.recv_timeout(wait) {
+            let control = match self.deferred.pop() {
+                Some(control) => Ok(control),
+                None => self.controls.recv_timeout(wait),
+            };
+            match control {
                 Ok(Control::Quit) | Err(RecvTimeoutError::Disconnected) => {
                     quit = true;
                     break Ok(());
@@ -217,6 +230,12 @@ impl Pipeline {
                     Ok(()) => continue,
                     Err(e) => break Err(e),
                 },
+                Ok(Control::Reload(config)) => {
+                    self.reload(*config, source);
+                    pace = pace_of(&self.config.capture, source.is_live());
+                    heartbeat = heartbeat_of(&self.config.node);
+                    continue;
+                }
                 Err(RecvTimeoutError::Timeout) => {}
             }
             // Images the workers finished meanwhile go out before the next frame is read.
@@ -347,7 +366,7 @@ impl Pipeline {
             let sent = self.send_image(captured, Some((score, &boxes)));
             self.boxes = boxes;
             sent?;
-        } else if state == MotionState::Still && event.is_none() {
+        } else if state == MotionState::Still && event.is_none() && self.config.encode.send == SendPolicy::Motion {
             if let Captured::Lent(_) = captured {
                 self.spare_ready()?;
             }
@@ -415,6 +434,58 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Takes what a running node can of a new configuration, all of it or,
+    /// when the camera or the detector cannot take their part, nothing.
+    fn reload(&mut self, new: Config, source: &mut dyn FrameSource) {
+        let plan = match reload::plan(&self.config, &new) {
+            Ok(plan) => plan,
+            Err(e) => return error!("reload refused, the node keeps its configuration: {e:#}"),
+        };
+        if !plan.restart.is_empty() {
+            warn!("reload: a restart takes {} (systemctl restart camnode); until then it stays as it is", plan.restart.join(", "));
+        }
+        if plan.changed.is_empty() {
+            return info!("reload: nothing to change");
+        }
+        let config = plan.config;
+        // Disarmed by a press, a node whose presses no longer arm would stay so.
+        let rearm = !self.armed && config.gpio.trigger_mode != TriggerMode::Arm;
+        let detector = if config.motion != self.config.motion || rearm {
+            let (width, height) = self.size;
+            match MotionDetector::new(&config.motion, width, height) {
+                Ok(detector) => Some(detector),
+                Err(e) => return error!("reload refused, the node keeps its configuration: [motion]: {e:#}"),
+            }
+        } else {
+            None
+        };
+        if let Err(e) = source.retune(&config.capture) {
+            return error!("reload refused, the node keeps its configuration: {e:#}");
+        }
+        if let Err(e) = self.encoder.set_quality(config.encode.quality) {
+            return error!("reload refused, the node keeps its configuration: [encode] quality: {e:#}");
+        }
+        if let Some(detector) = detector {
+            // A new detector learns the scene afresh: an event in progress ends here.
+            if self.detector.report().state == MotionState::Moving {
+                self.status.set_event_active(self.burst_left > 0);
+                self.text_message(MessageKind::Event, &self.texts.still.clone(), self.stats.frames, unix_now(), None);
+            }
+            self.detector = detector;
+            self.post_event_left = 0;
+        }
+        if rearm {
+            self.armed = true;
+            info!("reload: [gpio] trigger_mode is no longer \"arm\": motion is sent again");
+        }
+        if config.encode.send != SendPolicy::Motion {
+            self.pre_event.clear(&mut self.spares);
+        }
+        self.wait_for_room = waits_for_room(&config.capture, source.is_live());
+        self.config = config;
+        info!("reloaded: {}", plan.changed.join(", "));
+    }
+
     fn send_image(&mut self, captured: &mut Captured, motion: Option<(f32, &[BoundingBox])>) -> Result<()> {
         let frame = captured.frame();
         let shape = [frame.height, frame.width, 3];
@@ -432,7 +503,8 @@ impl Pipeline {
         };
         let (header_buf, payload) = self.take_buffers();
         let mut message = Message::new(MessageKind::Image, &header, header_buf, payload);
-        message.durable = self.in_event;
+        // Images of an event must arrive; with `[spool] keep = "all"`, every image must.
+        message.durable = self.in_event || self.config.spool.keep == SpoolKeep::All;
         self.encoder.encode(captured, message, &mut self.spares)?;
         self.stats.encoded += 1;
         self.release();
@@ -501,20 +573,46 @@ impl Pipeline {
         }
     }
 
-    /// Hands a message to the sender. On a full queue the sender spools event
-    /// messages; anything else is dropped, counted and logged.
-    fn offer(&mut self, message: Message) {
+    /// Hands a message to the sender. A source without a clock waits for
+    /// room; otherwise, on a full queue, the sender spools event messages
+    /// and anything else is dropped, counted and logged.
+    fn offer(&mut self, mut message: Message) {
+        if self.wait_for_room {
+            loop {
+                let Some(sender) = &self.sender else { return };
+                match sender.offer_until(message, Instant::now() + ROOM_CHECK) {
+                    Ok(()) => return,
+                    Err(back) => message = back,
+                }
+                if self.quit_requested() {
+                    break;
+                }
+            }
+        }
         let Some(sender) = &self.sender else { return };
         if let Err(message) = sender.offer(message) {
             self.stats.dropped += 1;
             self.status.note_drop();
             if self.stats.dropped.is_power_of_two() {
-                warn!("send queue full: dropped a {:?} message ({} dropped so far)", message.kind, self.stats.dropped);
+                warn!("send queue full: dropped {} ({} dropped so far)", message.kind.with_article(), self.stats.dropped);
             } else {
-                debug!("send queue full: dropped a {:?} message", message.kind);
+                debug!("send queue full: dropped {}", message.kind.with_article());
             }
             self.pool.give(message.header, message.payload);
         }
+    }
+
+    /// Takes what came on the control channel while the loop was busy
+    /// elsewhere, keeping it for the loop; true once a quit is among it.
+    fn quit_requested(&mut self) -> bool {
+        loop {
+            match self.controls.try_recv() {
+                Ok(control) => self.deferred.insert(0, control),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => self.deferred.insert(0, Control::Quit),
+            }
+        }
+        self.deferred.contains(&Control::Quit)
     }
 
     fn finish_sending(&mut self, how: Shutdown) {
@@ -524,7 +622,7 @@ impl Pipeline {
                 warn!("{} messages were not delivered before exit", report.unsent);
             }
             if report.spool.waiting > 0 {
-                info!("{} event messages wait in the spool for the hub", report.spool.waiting);
+                info!("{} messages wait in the spool for the hub", report.spool.waiting);
             }
             self.stats.spool = report.spool;
             self.stats.sent = report.sent;
@@ -555,8 +653,7 @@ pub struct DetectSummary {
 /// Runs only the detector over a source: what `camnode detect` prints. `each`
 /// sees the detector after every frame, for its report and debug images.
 pub fn detect_frames(config: &Config, mut each: impl FnMut(u64, &MotionDetector) -> Result<()>) -> Result<DetectSummary> {
-    let options = OpenOptions { seed: config.capture.seed, flip: config.capture.flip, ..Default::default() };
-    let mut source = capture::open(&config.capture.source, &options)
+    let mut source = capture::open(&config.capture)
         .with_context(|| format!("cannot open source \"{}\"", config.capture.source))?;
     let (width, height) = source.size();
     let mut detector = MotionDetector::new(&config.motion, width, height)?;
@@ -580,6 +677,26 @@ pub fn detect_frames(config: &Config, mut each: impl FnMut(u64, &MotionDetector)
         summary.p99_us = nanos[(nanos.len() - 1) * 99 / 100] as f64 / 1e3;
     }
     Ok(summary)
+}
+
+/// Time between frames for sources that do not keep their own pace.
+fn pace_of(capture: &CaptureConfig, live: bool) -> Option<Duration> {
+    match capture.rate {
+        _ if live => None,
+        Some(Rate::Max) => None,
+        Some(Rate::Fps(fps)) => Some(Duration::from_secs_f64(1.0 / fps)),
+        None => Some(Duration::from_secs_f64(1.0 / DEFAULT_FILE_FPS)),
+    }
+}
+
+/// Whether the source waits for room in the send queue rather than drop:
+/// one with no clock of its own at `--rate max`.
+fn waits_for_room(capture: &CaptureConfig, live: bool) -> bool {
+    capture.rate == Some(Rate::Max) && !live
+}
+
+fn heartbeat_of(node: &NodeConfig) -> Option<Duration> {
+    (node.heartbeat > 0.0).then(|| Duration::from_secs_f64(node.heartbeat))
 }
 
 /// Sends a state to systemd; failing to is worth a line in the log, not an exit.

@@ -199,7 +199,7 @@ fn read_certificate(path: &Path) -> Result<Certificate> {
 }
 
 /// Refuses a secret key file that anyone but its owner can read or change.
-fn check_private(path: &Path) -> Result<()> {
+pub(crate) fn check_private(path: &Path) -> Result<()> {
     let mode = fs::metadata(path).with_context(|| format!("cannot read [security] secret_cert = {:?}", path))?.permissions().mode();
     if mode & 0o077 != 0 {
         bail!(

@@ -23,6 +23,17 @@ pub enum MessageKind {
     Notice,
 }
 
+impl MessageKind {
+    /// "an image message", "an event message", "a notice message": for logs.
+    pub fn with_article(self) -> &'static str {
+        match self {
+            MessageKind::Image => "an image message",
+            MessageKind::Event => "an event message",
+            MessageKind::Notice => "a notice message",
+        }
+    }
+}
+
 /// The JSON header as a node writes it. Fields borrow so that building a
 /// header allocates nothing.
 #[derive(Debug, Serialize)]
