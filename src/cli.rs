@@ -575,7 +575,7 @@ fn hub(args: HubArgs) -> Result<()> {
         "hub: {} messages ({} images, {} events, {} heartbeats), {} duplicates dropped, {} bad, {} KiB in {:.1}s",
         s.messages, s.images, s.events, s.heartbeats, s.duplicates, s.bad, s.bytes / 1024, s.wall_s
     );
-    if hub.status().snapshot().workers.len() > 0 {
+    if !hub.status().snapshot().workers.is_empty() {
         eprintln!("hub: workers answered {} images, {} given up, {} never handed on", s.processed, s.abandoned, s.unprocessed);
     }
     if let Some(path) = &args.summary_json {
