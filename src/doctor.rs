@@ -246,7 +246,7 @@ fn keys(config: &Config) -> Check {
 }
 
 fn hub(config: &Config, service: Service) -> Check {
-    let address = config.transport.address();
+    let address = config.transport.addresses().join(", ");
     let heartbeat = match heartbeat(config) {
         Ok(message) => message,
         Err(e) => return Check::fail("hub", format!("{e:#}"), "reinstall camnode"),

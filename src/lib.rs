@@ -23,7 +23,10 @@
 //! - [`pipeline`]: the node's main loop that joins the stages, decides which
 //!   frames are encoded, and keeps pre-event frames; [`control`] carries what
 //!   reaches it from outside the camera (signals, the trigger).
-//! - [`hub`]: the receiving side, `camnode hub`.
+//! - [`hub`]: the receiving side, `camnode hub`: the broker between many
+//!   nodes and the programs that use their images (a store, a pool of
+//!   imagezmq workers, subscribers, JetStream); its `mod.rs` follows one
+//!   message through it.
 //! - [`doctor`]: `camnode doctor`, a checklist of what a node needs where it runs.
 //! - [`cli`]: the thin command-line layer over all of it.
 //!
