@@ -279,7 +279,7 @@ def main():
     parser.add_argument("--jpeg", required=True, help="the JPEG the cameras send")
     parser.add_argument("--python", default=sys.executable)
     parser.add_argument("--seconds", type=float, default=20)
-    parser.add_argument("--ingest-nodes", type=int, default=16)
+    parser.add_argument("--ingest-nodes", type=int, default=64, help="cameras sending as fast as replies come, in the ingest and JetStream runs")
     parser.add_argument("--store", default=os.path.expanduser("~/.cache/camnode/bench-hub"),
                         help="where the receivers write (a real disk: the store fsyncs)")
     parser.add_argument("--tmpfs", default="/dev/shm", help="a memory file system, where fsync costs nothing")

@@ -12,7 +12,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crate::capture::{Rate, SourceSpec};
+use crate::capture::controls::{AfMode, AfRange, Awb, AwbGains, Denoise, ExposureMode, Hdr, LensPosition, Metering, Roi, Shutter};
+use crate::capture::{CaptureConfig, Rate, SourceSpec};
 use crate::config::Config;
 use crate::console::{Console, ConsoleConfig};
 use crate::control::Control;
@@ -53,13 +54,15 @@ pub enum Command {
     Config(RunArgs),
     /// Make a CURVE key pair for [security]: NAME.key (public) and NAME.key_secret (secret, mode 0600).
     Keygen(KeygenArgs),
-    /// List the cameras libcamera can see.
+    /// Check this node: camera, GPIO, keys, hub, spool, clock, service; each failure with its fix.
+    Doctor(DoctorArgs),
+    /// List the cameras libcamera can see, with their formats, sizes and controls.
     #[cfg(feature = "libcamera")]
-    Cameras,
+    Cameras(CamerasArgs),
 }
 
 /// Node settings that can come from flags; each overrides its config key.
-#[derive(Args, Debug, Default)]
+#[derive(Args, Clone, Debug, Default)]
 pub struct NodeFlags {
     /// TOML config file (see deploy/camnode.toml).
     #[arg(long, short)]
@@ -76,9 +79,94 @@ pub struct NodeFlags {
     /// none, h, v or 180.
     #[arg(long)]
     pub flip: Option<Flip>,
+    #[command(flatten)]
+    pub controls: ControlFlags,
 }
 
-#[derive(Args, Debug, Default)]
+/// Camera controls, as rpicam-apps names its options; each overrides its
+/// `[capture]` key (docs/tuning.md).
+#[derive(Args, Clone, Debug, Default)]
+#[command(next_help_heading = "Camera controls (libcamera sources; as rpicam-apps names them)")]
+pub struct ControlFlags {
+    /// Fixed exposure time: microseconds, or with a unit (20ms, 1.5s).
+    #[arg(long)]
+    pub shutter: Option<Shutter>,
+    /// Fixed analogue gain (1.0: none).
+    #[arg(long)]
+    pub gain: Option<f32>,
+    /// Exposure compensation in stops, -10 to 10.
+    #[arg(long, allow_negative_numbers = true)]
+    pub ev: Option<f32>,
+    /// centre, spot, average (matrix) or custom.
+    #[arg(long)]
+    pub metering: Option<Metering>,
+    /// normal, sport (short), long or custom.
+    #[arg(long)]
+    pub exposure: Option<ExposureMode>,
+    /// auto, incandescent, tungsten, fluorescent, indoor, daylight, cloudy or custom.
+    #[arg(long)]
+    pub awb: Option<Awb>,
+    /// Fixed red and blue gains, e.g. 1.5,1.2 (turns automatic white balance off).
+    #[arg(long)]
+    pub awbgains: Option<AwbGains>,
+    /// auto, off, cdn_off, cdn_fast or cdn_hq.
+    #[arg(long)]
+    pub denoise: Option<Denoise>,
+    /// Sharpening (1.0: normal).
+    #[arg(long)]
+    pub sharpness: Option<f32>,
+    /// Contrast (1.0: normal).
+    #[arg(long)]
+    pub contrast: Option<f32>,
+    /// Brightness, -1.0 to 1.0 (0: normal).
+    #[arg(long, allow_negative_numbers = true)]
+    pub brightness: Option<f32>,
+    /// Colour saturation (1.0: normal, 0: greyscale).
+    #[arg(long)]
+    pub saturation: Option<f32>,
+    /// off, auto, sensor (Camera Module 3) or single-exp (Pi 5).
+    #[arg(long)]
+    pub hdr: Option<Hdr>,
+    /// manual, auto (one scan) or continuous.
+    #[arg(long)]
+    pub autofocus_mode: Option<AfMode>,
+    /// normal, macro or full.
+    #[arg(long)]
+    pub autofocus_range: Option<AfRange>,
+    /// Fixed focus in dioptres (0: infinity, 2: 50 cm), or "default".
+    #[arg(long)]
+    pub lens_position: Option<LensPosition>,
+    /// Digital zoom as x,y,w,h in fractions of the sensor, e.g. 0.25,0.25,0.5,0.5.
+    #[arg(long)]
+    pub roi: Option<Roi>,
+    /// false: leave out, with a warning, controls the camera lacks instead of stopping.
+    #[arg(long, value_name = "true|false")]
+    pub strict_controls: Option<bool>,
+}
+
+impl ControlFlags {
+    /// Lays the flags given over `capture`, noting each in `origin`.
+    fn apply(&self, capture: &mut CaptureConfig, origin: &mut ConfigOrigin) {
+        macro_rules! overlay {
+            ($($key:ident),*) => {$(
+                if let Some(v) = &self.$key {
+                    capture.$key = Some(v.clone());
+                    origin.set_by_flag("capture", stringify!($key));
+                }
+            )*};
+        }
+        overlay!(
+            shutter, gain, ev, metering, exposure, awb, awbgains, denoise, sharpness, contrast, brightness, saturation, hdr,
+            autofocus_mode, autofocus_range, lens_position, roi
+        );
+        if let Some(strict) = self.strict_controls {
+            capture.strict_controls = strict;
+            origin.set_by_flag("capture", "strict_controls");
+        }
+    }
+}
+
+#[derive(Args, Clone, Debug, Default)]
 pub struct RunArgs {
     #[command(flatten)]
     pub node: NodeFlags,
@@ -228,6 +316,23 @@ pub struct HubArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct CamerasArgs {
+    /// Print JSON, for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DoctorArgs {
+    /// TOML config file to check with (default: /etc/camnode/camnode.toml if there is one).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+}
+
+/// The configuration the service reads, which `camnode doctor` checks unless told otherwise.
+const SERVICE_CONFIG: &str = "/etc/camnode/camnode.toml";
+
+#[derive(Args, Debug)]
 pub struct KeygenArgs {
     /// Where and under which name to write the pair, e.g. /etc/camnode/garage
     /// for /etc/camnode/garage.key and /etc/camnode/garage.key_secret.
@@ -281,7 +386,7 @@ impl NodeFlags {
             set("source");
         }
         if let Some(v) = self.rate {
-            config.capture.rate = v;
+            config.capture.rate = Some(v);
             set("rate");
         }
         if let Some(v) = self.frames {
@@ -292,6 +397,7 @@ impl NodeFlags {
             config.capture.flip = v;
             set("flip");
         }
+        self.controls.apply(&mut config.capture, &mut origin);
         Ok((config, origin))
     }
 }
@@ -348,7 +454,13 @@ impl HubArgs {
         lay_flag(&mut origin, "mqtt-credentials-file", &self.mqtt_credentials_file, ("mqtt", "credentials_file"), &mut mqtt.credentials_file);
         let config = Config { hub, security, console, mqtt, ..config };
         config.validate_hub(&origin)?;
-        let hub = HubOptions { config: config.hub, security: config.security, count: self.count, idle: self.idle.map(Duration::from_secs_f64) };
+        let hub = HubOptions {
+            config: config.hub,
+            security: config.security,
+            count: self.count,
+            idle: self.idle.map(Duration::from_secs_f64),
+            records: self.jsonl.is_some(),
+        };
         Ok(HubSetup { hub, console: config.console, mqtt: config.mqtt })
     }
 }
@@ -398,11 +510,26 @@ impl RunArgs {
 }
 
 /// Sends `Control::Quit` on SIGINT or SIGTERM; a second signal exits at once.
-fn quit_on_signals(controls: ChannelSender<Control>, stop: Arc<AtomicBool>) -> Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).context("cannot install signal handlers")?;
+/// With `reload`, SIGHUP reads the configuration those arguments name again
+/// (the file, the flags over it) and sends it, checked, as `Control::Reload`;
+/// one that does not check out is logged and dropped, and the node keeps the
+/// configuration it runs with.
+fn handle_signals(controls: ChannelSender<Control>, stop: Arc<AtomicBool>, reload: Option<RunArgs>) -> Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let wanted: &[i32] = if reload.is_some() { &[SIGINT, SIGTERM, SIGHUP] } else { &[SIGINT, SIGTERM] };
+    let mut signals = signal_hook::iterator::Signals::new(wanted).context("cannot install signal handlers")?;
     std::thread::Builder::new().name("signals".into()).spawn(move || {
         for signal in signals.forever() {
+            if let (SIGHUP, Some(args)) = (signal, &reload) {
+                match args.resolve() {
+                    Ok(config) => {
+                        log::info!("SIGHUP: reloading the configuration");
+                        let _ = controls.send(Control::Reload(Box::new(config)));
+                    }
+                    Err(e) => log::error!("SIGHUP: reload refused, the node keeps its configuration: {e:#}"),
+                }
+                continue;
+            }
             if stop.swap(true, Ordering::SeqCst) {
                 log::warn!("second signal {signal}: exiting now");
                 std::process::exit(130);
@@ -429,10 +556,11 @@ pub fn main(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Detect(args) => detect(&args),
+        Command::Doctor(args) => doctor(&args),
         Command::Demo(args) => demo(&args),
         #[cfg(feature = "libcamera")]
-        Command::Cameras => {
-            print!("{}", crate::capture::libcamera::list_cameras()?);
+        Command::Cameras(args) => {
+            print!("{}", crate::capture::libcamera::list_cameras(args.json)?);
             Ok(())
         }
     }
@@ -441,7 +569,7 @@ pub fn main(cli: Cli) -> Result<()> {
 fn run(args: &RunArgs) -> Result<()> {
     let config = args.resolve()?;
     let (tx, rx) = channel();
-    quit_on_signals(tx.clone(), Arc::new(AtomicBool::new(false)))?;
+    handle_signals(tx.clone(), Arc::new(AtomicBool::new(false)), Some(args.clone()))?;
     let status = Arc::new(NodeStatus::default());
     let gpio = Gpio::start(&config.gpio, status.clone(), tx.clone())?;
     let result = Pipeline::run(&config, rx, status.clone());
@@ -465,7 +593,7 @@ fn hub(args: HubArgs) -> Result<()> {
     let save = options.config.save.clone();
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, _rx) = channel();
-    quit_on_signals(tx, stop.clone())?;
+    handle_signals(tx, stop.clone(), None)?;
     let mut hub = Hub::start(options)?;
     // The fleet is kept only for someone to show it to.
     let _services = if console.http.is_some() || mqtt.url.is_some() {
@@ -494,13 +622,28 @@ fn hub(args: HubArgs) -> Result<()> {
         "hub: {} messages ({} images, {} events, {} heartbeats), {} duplicates dropped, {} bad, {} KiB in {:.1}s",
         s.messages, s.images, s.events, s.heartbeats, s.duplicates, s.bad, s.bytes / 1024, s.wall_s
     );
-    if hub.status().snapshot().workers.len() > 0 {
+    if !hub.status().snapshot().workers.is_empty() {
         eprintln!("hub: workers answered {} images, {} given up, {} never handed on", s.processed, s.abandoned, s.unprocessed);
     }
     if let Some(path) = &args.summary_json {
         std::fs::write(path, serde_json::to_string_pretty(s)? + "\n")?;
     }
     Ok(())
+}
+
+fn doctor(args: &DoctorArgs) -> Result<()> {
+    let started = std::time::Instant::now();
+    let path = args.config.clone().or_else(|| Some(PathBuf::from(SERVICE_CONFIG)).filter(|p| p.exists()));
+    let loaded = match &path {
+        Some(path) => Config::load(path).and_then(|(config, origin)| config.validate(&origin).map(|()| config)),
+        None => Ok(Config::default()),
+    };
+    let (config, problem) = match loaded {
+        Ok(config) => (config, None),
+        Err(e) => (Config::default(), Some(e)),
+    };
+    let checks = crate::doctor::run(&config, path.as_deref(), problem);
+    crate::doctor::report(&checks, &mut std::io::stdout().lock(), started.elapsed())
 }
 
 fn detect(args: &DetectArgs) -> Result<()> {
@@ -573,7 +716,7 @@ fn demo(args: &DemoArgs) -> Result<()> {
     };
     println!("camnode demo: a node sends the synthetic scene (a walker crosses every 4 s) to a hub on 127.0.0.1:{}", args.port);
     let (tx, rx) = channel();
-    quit_on_signals(tx.clone(), Arc::new(AtomicBool::new(false)))?;
+    handle_signals(tx.clone(), Arc::new(AtomicBool::new(false)), None)?;
     let stats = Pipeline::run(&node.resolve()?, rx, Arc::new(NodeStatus::default()))?;
     stop.store(true, Ordering::Relaxed);
     let summary = hub_thread.join().map_err(|_| anyhow::anyhow!("the demo hub panicked"))??;

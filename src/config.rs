@@ -92,6 +92,7 @@ impl Config {
     pub fn validate(&self, origin: &ConfigOrigin) -> Result<()> {
         let mut check = Checker::new(origin);
         self.node.check(&mut check);
+        self.capture.check(&mut check);
         self.encode.check(&mut check);
         self.transport.check(&mut check);
         self.motion.check(&mut check);
@@ -165,7 +166,7 @@ mod tests {
         config.validate(&origin).unwrap();
         assert_eq!(config.node.name, "yard");
         assert_eq!(config.capture.source, SourceSpec::Synthetic { width: 320, height: 240 });
-        assert_eq!(config.capture.rate, Rate::Max);
+        assert_eq!(config.capture.rate, Some(Rate::Max));
         assert_eq!(config.capture.flip, Flip::Rotate180);
         assert_eq!(config.encode.quality, 75);
         assert_eq!(config.encode.send, SendPolicy::All);
@@ -222,6 +223,12 @@ mod tests {
     }
 
     #[test]
+    fn unknown_camera_control_choice_names_key_and_choices() {
+        let err = load("[capture]\nawb = \"banana\"\n").unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("awb \"banana\" is not one of: auto, normal, incandescent"), "{err}");
+    }
+
+    #[test]
     fn effective_config_round_trips_through_toml() {
         let config = Config::default();
         let again: Config = toml::from_str(&config.to_toml()).unwrap();
@@ -245,7 +252,12 @@ mod tests {
             })
         };
         let everything: toml::Table = toml::from_str(&Config::default().to_toml()).unwrap();
-        let mut missing = Vec::new();
+        // Keys with no default are shown commented out; the camera controls are such keys.
+        let mut missing: Vec<String> = crate::capture::controls::KEYS
+            .iter()
+            .filter(|(key, _)| !documented("capture", key))
+            .map(|(key, _)| format!("[capture] {key}"))
+            .collect();
         for (section, table) in &everything {
             for key in table.as_table().unwrap().keys() {
                 if !documented(section, key) {

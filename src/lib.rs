@@ -32,6 +32,7 @@
 //!   timeline). It is read by [`console`] (the page at `/`, its JSON API and
 //!   `/metrics`) and [`mqtt`] (Home Assistant discovery and events), which
 //!   [`services`] runs on a thread of their own.
+//! - [`doctor`]: `camnode doctor`, a checklist of what a node needs where it runs.
 //! - [`cli`]: the thin command-line layer over all of it.
 //!
 //! Shared by all: [`frame`] (frame buffers), [`queue`] (allocation-free
@@ -45,6 +46,7 @@ pub mod cli;
 pub mod config;
 pub mod console;
 pub mod control;
+pub mod doctor;
 pub mod encode;
 pub mod fleet;
 pub mod flip;

@@ -157,3 +157,20 @@ macro_rules! serde_as_string {
     )*};
 }
 pub(crate) use serde_as_string;
+
+/// A TOML number or string, as text, for keys written either way
+/// (`rate = 30` or `rate = "max"`), parsed then by the key's `FromStr`.
+pub(crate) fn number_or_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        Int(i64),
+        Float(f64),
+        Text(String),
+    }
+    Ok(match <Repr as serde::Deserialize>::deserialize(d)? {
+        Repr::Int(n) => n.to_string(),
+        Repr::Float(n) => n.to_string(),
+        Repr::Text(t) => t,
+    })
+}

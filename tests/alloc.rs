@@ -219,7 +219,7 @@ fn allocations_in_window(frames: Frames, workers: usize, send: SendPolicy, flip:
     let mut config = Config::default();
     config.node.name = "alloc".into();
     config.node.heartbeat = 0.0;
-    config.capture.rate = Rate::Max;
+    config.capture.rate = Some(Rate::Max);
     config.capture.flip = flip;
     config.encode.send = send;
     config.encode.workers = workers;

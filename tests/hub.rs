@@ -2,8 +2,8 @@
 //! real imagezmq programs as workers and subscribers (tests/python), and
 //! real camnode nodes. A worker killed with SIGKILL, a worker that hangs,
 //! backpressure when every worker is busy, a slow subscriber beside a fast
-//! one and a subscription prefix, PUSH to a PULL peer, and nodes failing
-//! over between two hubs. Every test checks the promise behind `OK`: every
+//! one and a subscription prefix, PUSH to a PULL peer, nodes failing over
+//! between two hubs, and CURVE on the frontend and the PUB socket. Every test checks the promise behind `OK`: every
 //! image acknowledged to a node is processed by a worker.
 //!
 //! Images carry a tag, "NODE SEQ" in a JPEG comment segment, which the
@@ -232,4 +232,80 @@ fn take_until(lines: &Receiver<String>, received: &mut Vec<serde_json::Value>, d
         let line = lines.recv_timeout(left).unwrap_or_else(|_| panic!("waited {LIMIT:?} for {what}"));
         received.push(serde_json::from_str(&line).unwrap());
     }
+}
+
+/// The Z85 key of a `camnode keygen` certificate line `KIND-key = "..."`.
+fn cert_key(path: &Path, kind: &str) -> String {
+    let text = std::fs::read_to_string(path).unwrap();
+    let line = text.lines().find(|l| l.trim_start().starts_with(&format!("{kind}-key"))).unwrap();
+    line.split('"').nth(1).unwrap().to_string()
+}
+
+#[test]
+fn with_curve_the_frontend_and_publish_admit_only_listed_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let allowed = dir.path().join("allowed");
+    std::fs::create_dir(&allowed).unwrap();
+    for name in ["hub", "node", "viewer", "rogue"] {
+        let out = run_to_end("camnode keygen", camnode().arg("keygen").arg(dir.path().join(name)), LIMIT);
+        assert!(out.status.success());
+    }
+    for name in ["node", "viewer"] {
+        std::fs::copy(dir.path().join(format!("{name}.key")), allowed.join(format!("{name}.key"))).unwrap();
+    }
+    let publish = format!("tcp://127.0.0.1:{}", free_port());
+    let address = format!("tcp://127.0.0.1:{}", free_port());
+    let mut hub = Proc::spawn(
+        "camnode hub",
+        camnode()
+            .args(["hub", "--bind", &address, "--publish", &publish])
+            .arg("--secret-cert")
+            .arg(dir.path().join("hub.key_secret"))
+            .arg("--allowed-dir")
+            .arg(&allowed),
+    );
+    let hub_key = cert_key(&dir.path().join("hub.key"), "public");
+    let context = zmq::Context::new();
+    let curve_socket = |kind, name: &str| {
+        let socket = context.socket(kind).unwrap();
+        socket.set_linger(0).unwrap();
+        socket.set_curve_serverkey(hub_key.as_bytes()).unwrap();
+        socket.set_curve_publickey(cert_key(&dir.path().join(format!("{name}.key")), "public").as_bytes()).unwrap();
+        socket.set_curve_secretkey(cert_key(&dir.path().join(format!("{name}.key_secret")), "secret").as_bytes()).unwrap();
+        socket
+    };
+    let viewer = curve_socket(zmq::SUB, "viewer");
+    viewer.set_subscribe(b"").unwrap();
+    viewer.connect(&publish).unwrap();
+    let rogue = curve_socket(zmq::SUB, "rogue");
+    rogue.set_subscribe(b"").unwrap();
+    rogue.connect(&publish).unwrap();
+    let plain = context.socket(zmq::SUB).unwrap();
+    plain.set_subscribe(b"").unwrap();
+    plain.connect(&publish).unwrap();
+    let node = curve_socket(zmq::REQ, "node");
+    node.set_rcvtimeo(LIMIT.as_millis() as i32).unwrap();
+    node.connect(&address).unwrap();
+    let jpeg = scene_jpeg(160, 120);
+    // Images until the admitted viewer has one (it may connect after the first).
+    let mut seq = 0;
+    loop {
+        seq += 1;
+        assert!(seq < 600, "the admitted viewer received nothing");
+        let header = format!(r#"{{"msg": "yard Cam|jpg", "node": "yard", "boot": 1, "seq": {seq}}}"#);
+        node.send_multipart([header.as_bytes(), &jpeg[..]], 0).unwrap();
+        assert_eq!(node.recv_bytes(0).unwrap(), b"OK");
+        if viewer.poll(zmq::POLLIN, 100).unwrap() > 0 {
+            break;
+        }
+    }
+    assert!(viewer.recv_multipart(0).unwrap()[0].starts_with(br#"{"msg": "yard Cam|jpg""#));
+    assert_eq!((rogue.poll(zmq::POLLIN, 0).unwrap(), plain.poll(zmq::POLLIN, 0).unwrap()), (0, 0), "an unlisted subscriber got images");
+    // A node without CURVE gets no answer.
+    let stranger = context.socket(zmq::REQ).unwrap();
+    stranger.set_linger(0).unwrap();
+    stranger.connect(&address).unwrap();
+    stranger.send_multipart([&br#"{"msg": "x Cam|jpg"}"#[..], &jpeg[..]], 0).unwrap();
+    assert_eq!(stranger.poll(zmq::POLLIN, 1000).unwrap(), 0, "the hub answered a node without CURVE");
+    assert!(hub.stop(LIMIT).success());
 }

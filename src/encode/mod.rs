@@ -35,6 +35,14 @@ impl Encoder {
         })
     }
 
+    /// Sets the JPEG quality of the frames encoded from now on.
+    pub fn set_quality(&mut self, quality: u8) -> Result<()> {
+        match self {
+            Encoder::Jpeg(jpeg) => jpeg.set_quality(quality),
+            Encoder::Raw => Ok(()),
+        }
+    }
+
     /// Encodes `frame` into `out` (cleared first).
     pub fn encode(&mut self, frame: &Frame, out: &mut Vec<u8>) -> Result<()> {
         match self {
@@ -86,19 +94,29 @@ impl JpegEncoder {
         // SAFETY: tj3Init takes a plain enum value; null means it failed.
         let handle = NonNull::new(unsafe { tj::tj3Init(tj::TJINIT_TJINIT_COMPRESS as c_int) })
             .context("cannot create a JPEG compressor (out of memory?)")?;
-        let encoder = JpegEncoder { handle, u: Vec::new(), v: Vec::new() };
+        let mut encoder = JpegEncoder { handle, u: Vec::new(), v: Vec::new() };
         // Never reallocate: the output is a payload buffer that holds the worst case.
         for (param, value) in [
             (tj::TJPARAM_TJPARAM_QUALITY, quality.into()),
             (tj::TJPARAM_TJPARAM_SUBSAMP, tj::TJSAMP_TJSAMP_420 as c_int),
             (tj::TJPARAM_TJPARAM_NOREALLOC, 1),
         ] {
-            // SAFETY: a valid handle and a parameter id of this library version.
-            if unsafe { tj::tj3Set(encoder.handle.as_ptr(), param as c_int, value) } != 0 {
-                bail!("cannot set up the JPEG compressor (quality {quality}): {}", encoder.last_error());
-            }
+            encoder.set(param, value).with_context(|| format!("cannot set up the JPEG compressor (quality {quality})"))?;
         }
         Ok(encoder)
+    }
+
+    /// Sets the quality of the frames encoded from now on.
+    pub fn set_quality(&mut self, quality: u8) -> Result<()> {
+        self.set(tj::TJPARAM_TJPARAM_QUALITY, quality.into()).with_context(|| format!("cannot set JPEG quality {quality}"))
+    }
+
+    fn set(&mut self, param: tj::TJPARAM, value: c_int) -> Result<()> {
+        // SAFETY: a valid handle and a parameter id of this library version.
+        if unsafe { tj::tj3Set(self.handle.as_ptr(), param as c_int, value) } != 0 {
+            bail!("{}", self.last_error());
+        }
+        Ok(())
     }
 
     fn last_error(&self) -> String {

@@ -45,8 +45,9 @@ impl Incoming {
 
 /// Checks one message's frames; `Err` says what is wrong, for one warning.
 pub fn inspect(frames: Vec<Bytes>) -> Result<Incoming, String> {
+    let count = frames.len();
     let Ok([raw_header, payload]) = <[Bytes; 2]>::try_from(frames) else {
-        return Err("its frame count is not 2, as imagezmq messages have (JSON header, payload)".into());
+        return Err(format!("it has {count} frames: imagezmq messages have 2 (JSON header, payload)"));
     };
     let header = parse_header(&raw_header)?;
     let msg = &header.msg;
@@ -64,7 +65,7 @@ pub fn inspect(frames: Vec<Bytes>) -> Result<Incoming, String> {
     };
     let header = &incoming.header;
     if header.msg.ends_with("|jpg") {
-        let info = turbojpeg::read_header(&incoming.payload).map_err(|e| format!("{} is not a valid JPEG: {e}", quote(&header.msg)))?;
+        let info = read_jpeg_header(&incoming.payload).map_err(|e| format!("{} is not a valid JPEG: {e}", quote(&header.msg)))?;
         (incoming.width, incoming.height, incoming.kind) = (Some(info.width), Some(info.height), Kind::Jpeg);
     } else if let (Some(dtype), Some(shape)) = (&header.dtype, &header.shape) {
         let expected = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
@@ -92,6 +93,21 @@ pub fn inspect(frames: Vec<Bytes>) -> Result<Incoming, String> {
         incoming.view = None;
     }
     Ok(incoming)
+}
+
+/// A JPEG's header, with a decompressor kept per thread: making one per
+/// message costs more than reading the header.
+fn read_jpeg_header(jpeg: &[u8]) -> turbojpeg::Result<turbojpeg::DecompressHeader> {
+    thread_local! {
+        static DECOMPRESSOR: std::cell::RefCell<Option<turbojpeg::Decompressor>> = const { std::cell::RefCell::new(None) };
+    }
+    DECOMPRESSOR.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.is_none() {
+            *cell = Some(turbojpeg::Decompressor::new()?);
+        }
+        cell.as_mut().expect("made above").read_header(jpeg)
+    })
 }
 
 /// Characters of untrusted text a log line shows.
@@ -171,7 +187,7 @@ mod tests {
     #[test]
     fn malformed_messages_say_what_is_wrong() {
         let cases: [(Vec<Bytes>, &str); 5] = [
-            (vec![Bytes::from_static(b"x")], "frame count"),
+            (vec![Bytes::from_static(b"x")], "1 frames: imagezmq messages have 2"),
             (frames("not json", b""), "not imagezmq JSON"),
             (frames(r#"{"msg": "n v|jpg"}"#, b"\xff\xd8garbage"), "not a valid JPEG"),
             (frames(r#"{"msg": "n v|image", "dtype": "float64", "shape": [1]}"#, &[0; 8]), "does not match"),

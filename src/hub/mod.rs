@@ -93,6 +93,9 @@ pub struct HubOptions {
     pub count: Option<u64>,
     /// Stop after this long without a message (then hand every image on first).
     pub idle: Option<Duration>,
+    /// Report each accepted message as a [`Received`] to [`Hub::receive`]
+    /// and [`Hub::run`]'s callback (`--jsonl`); off, the hub saves the work.
+    pub records: bool,
 }
 
 /// What a hub run received and handed on.
@@ -146,14 +149,15 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// A hub with this `[hub]` section and no CURVE, running until dropped.
+    /// A hub with this `[hub]` section and no CURVE, reporting what it
+    /// accepts to [`Hub::receive`], running until dropped.
     pub fn open(config: HubConfig) -> Result<Hub> {
-        Hub::start(HubOptions { config, ..HubOptions::default() })
+        Hub::start(HubOptions { config, records: true, ..HubOptions::default() })
     }
 
     /// Opens every socket (so a bad address or a port in use fails here) and starts the threads.
     pub fn start(options: HubOptions) -> Result<Hub> {
-        let HubOptions { config, security, count, idle } = options;
+        let HubOptions { config, security, count, idle, records } = options;
         raise_open_files_limit();
         let context = zmq::Context::new();
         let status = Arc::new(HubStatus::new(&config.workers));
@@ -210,6 +214,7 @@ impl Hub {
         let per_node = store.per_node.clone();
         let (ingest_tx, ingest_rx) = mpsc::sync_channel(INGEST_QUEUE);
         let (received_tx, received) = mpsc::channel();
+        let received_tx = records.then_some(received_tx);
         let stage = Stage { store, outlets, input: ingest_rx, replies, received: received_tx, status: status.clone(), stop: stop.clone() };
         let stage = std::thread::Builder::new().name("store".into()).spawn(move || stage.run())?;
         let frontend = std::thread::Builder::new().name("frontend".into()).spawn(move || frontend.run(ingest_tx))?;
@@ -258,7 +263,11 @@ impl Hub {
         match self.received.recv_timeout(timeout) {
             Ok(received) => Ok(Some(received)),
             Err(RecvTimeoutError::Timeout) => Ok(None),
-            Err(RecvTimeoutError::Disconnected) => anyhow::bail!("the hub's store stopped"),
+            // Without records nothing ever comes: wait as asked.
+            Err(RecvTimeoutError::Disconnected) => {
+                std::thread::sleep(timeout);
+                Ok(None)
+            }
         }
     }
 
@@ -268,22 +277,23 @@ impl Hub {
     /// set meanwhile. Fills [`Hub::summary`].
     pub fn run(&mut self, stop: &AtomicBool, mut each: impl FnMut(&Received) -> Result<()>) -> Result<()> {
         let mut last = Instant::now();
-        // A dispatcher's work comes from JetStream, not from nodes.
-        let mut consumed = 0;
+        // Activity: messages from nodes, and for a dispatcher images from JetStream.
+        let activity = |s: &HubStatus| (s.messages.load(Ordering::Relaxed), s.nats_consumed.load(Ordering::Relaxed));
+        let mut seen = activity(&self.status);
         while !stop.load(Ordering::Relaxed) {
-            let now_consumed = self.status.nats_consumed.load(Ordering::Relaxed);
-            if now_consumed != consumed {
-                (consumed, last) = (now_consumed, Instant::now());
+            let now = activity(&self.status);
+            if now != seen {
+                (seen, last) = (now, Instant::now());
             }
-            if self.count.is_some_and(|n| self.status.messages.load(Ordering::Relaxed) >= n) {
+            if self.count.is_some_and(|n| now.0 >= n) {
                 break;
             }
             if self.idle.is_some_and(|idle| last.elapsed() >= idle) {
                 info!("no message for {:?}; stopping", self.idle.unwrap_or_default());
                 break;
             }
+            // Without records the channel stays empty: this is the loop's tick.
             if let Some(received) = self.receive(Duration::from_millis(100))? {
-                last = Instant::now();
                 each(&received)?;
             }
         }

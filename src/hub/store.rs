@@ -81,6 +81,8 @@ pub(crate) struct Outlets {
 pub(crate) struct Store {
     dir: Option<PathBuf>,
     log: Option<File>,
+    /// Day folders made already (made once, not checked per image).
+    folders: HashSet<PathBuf>,
     recent: RecentIds,
     pub(crate) per_node: Arc<Mutex<HashMap<String, u64>>>,
 }
@@ -105,14 +107,13 @@ impl Store {
             }
             None => None,
         };
-        Ok(Store { dir: dir.map(Path::to_path_buf), log, recent: RecentIds::default(), per_node: Arc::default() })
+        Ok(Store { dir: dir.map(Path::to_path_buf), log, folders: HashSet::new(), recent: RecentIds::default(), per_node: Arc::default() })
     }
 
     /// Writes and syncs a batch; one fate per message, in order.
     fn commit(&mut self, batch: &[Ingested], status: &HubStatus) -> Vec<Fate> {
         let mut in_batch = HashSet::new();
-        let mut written: Vec<(File, PathBuf)> = Vec::new();
-        let mut dirs = HashSet::new();
+        let mut written = false;
         let mut logged = false;
         let mut fates: Vec<Fate> = batch
             .iter()
@@ -123,7 +124,7 @@ impl Store {
                         return Fate::Repeat;
                     }
                 }
-                match self.write(m, item.received, &mut written, &mut dirs, &mut logged) {
+                match self.write(m, item.received, &mut written, &mut logged) {
                     Ok(path) => Fate::Kept(path),
                     Err(e) => {
                         warn!("cannot store {}: {e:#}; the node will send it again", quote(&m.header.msg));
@@ -132,10 +133,10 @@ impl Store {
                 }
             })
             .collect();
-        if written.is_empty() && !logged {
+        if !written && !logged {
             return fates;
         }
-        if let Err(e) = self.sync(&written, &dirs, logged) {
+        if let Err(e) = self.sync(written) {
             warn!("cannot make {} stored messages durable: {e:#}; their nodes will send them again", batch.len());
             for fate in &mut fates {
                 if let Fate::Kept(_) = fate {
@@ -150,18 +151,27 @@ impl Store {
     }
 
     /// Writes one message: a JPEG to its file, a text to the event log.
-    fn write(&mut self, m: &Incoming, received: f64, written: &mut Vec<(File, PathBuf)>, dirs: &mut HashSet<PathBuf>, logged: &mut bool) -> Result<Option<PathBuf>> {
+    fn write(&mut self, m: &Incoming, received: f64, written: &mut bool, logged: &mut bool) -> Result<Option<PathBuf>> {
         let Some(dir) = &self.dir else { return Ok(None) };
         match m.kind {
             Kind::Jpeg => {
-                let (file, path) = create_image(dir, &m.header.msg, m.header.ts.unwrap_or(received))?;
-                let mut file = file;
-                file.write_all(&m.payload).with_context(|| format!("cannot save {}", path.display()))?;
-                start_writeback(&file);
-                if let Some(parent) = path.parent() {
-                    dirs.insert(parent.to_path_buf());
+                let path = image_path(dir, &m.header.msg, m.header.ts.unwrap_or(received));
+                let parent = path.parent().unwrap_or(dir).to_path_buf();
+                if !self.folders.contains(&parent) {
+                    std::fs::create_dir_all(&parent).with_context(|| format!("cannot create {}", parent.display()))?;
+                    self.folders.insert(parent.clone());
                 }
-                written.push((file, path.clone()));
+                let (mut file, path) = match create_new(path.clone()) {
+                    Ok(created) => created,
+                    // Its day folder was removed meanwhile (a clean-up of old days): made again.
+                    Err(_) if !parent.exists() => {
+                        std::fs::create_dir_all(&parent).with_context(|| format!("cannot create {}", parent.display()))?;
+                        create_new(path)?
+                    }
+                    Err(e) => return Err(e),
+                };
+                file.write_all(&m.payload).with_context(|| format!("cannot save {}", path.display()))?;
+                *written = true;
                 Ok(Some(path))
             }
             Kind::Array => Ok(None),
@@ -175,19 +185,18 @@ impl Store {
         }
     }
 
-    /// The group commit: every file's data, the folders that got new
-    /// names, and the event log.
-    fn sync(&mut self, written: &[(File, PathBuf)], dirs: &HashSet<PathBuf>, logged: bool) -> Result<()> {
-        for (file, path) in written {
-            file.sync_data().with_context(|| format!("cannot fsync {}", path.display()))?;
-        }
-        for dir in dirs {
-            File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("cannot fsync the folder {}", dir.display()))?;
-        }
-        if logged {
-            if let Some(log) = &self.log {
-                log.sync_data().context("cannot fsync imagehub.log")?;
-            }
+    /// The group commit: the files of the batch, their folders and the
+    /// event log in one `syncfs`; only the log's fsync when no image came.
+    fn sync(&mut self, written: bool) -> Result<()> {
+        let log = self.log.as_ref().context("the store has no folder")?;
+        let synced = if written {
+            // SAFETY: syncfs(2) on a descriptor we own.
+            unsafe { libc::syncfs(log.as_raw_fd()) }
+        } else {
+            return log.sync_data().context("cannot fsync imagehub.log");
+        };
+        if synced != 0 {
+            return Err(std::io::Error::last_os_error()).context("cannot sync the store's file system (syncfs)");
         }
         Ok(())
     }
@@ -199,30 +208,21 @@ impl Store {
     }
 }
 
-/// Starts the kernel writing a file out now, so the batch's fsyncs mostly wait on IO already under way.
-fn start_writeback(file: &File) {
-    // SAFETY: a hint on a descriptor we own; a failure only loses the head start.
-    unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
-}
-
-/// Creates `DIR/YYYY-MM-DD/NAME-TIME.jpg`, as imagehub names images; a name
-/// taken already (two images in one microsecond) gets `-2`, `-3`...
-fn create_image(dir: &Path, msg: &str, ts: f64) -> Result<(File, PathBuf)> {
-    let path = image_path(dir, msg, ts);
-    let parent = path.parent().unwrap_or(dir);
-    std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+/// Creates an image file; a name taken already (two images in one
+/// microsecond) gets `-2`, `-3`...
+fn create_new(path: PathBuf) -> Result<(File, PathBuf)> {
     let mut candidate = path.clone();
-    for n in 2.. {
+    for n in 2..100 {
         match OpenOptions::new().write(true).create_new(true).open(&candidate) {
             Ok(file) => return Ok((file, candidate)),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 100 => {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
                 candidate = path.with_file_name(format!("{stem}-{n}.jpg"));
             }
             Err(e) => return Err(e).with_context(|| format!("cannot create {}", candidate.display())),
         }
     }
-    unreachable!("the loop returns")
+    anyhow::bail!("cannot create {}: 99 images of that name and time exist", path.display())
 }
 
 /// `DIR/YYYY-MM-DD/NODE-VIEW-YYYY-MM-DDTHH.MM.SS.ffffff.jpg`, as imagehub names images.
@@ -296,7 +296,8 @@ pub(crate) struct Stage {
     pub outlets: Outlets,
     pub input: Receiver<Ingested>,
     pub replies: Replies,
-    pub received: Sender<Received>,
+    /// Where a [`Received`] goes per accepted message, when someone reads them.
+    pub received: Option<Sender<Received>>,
     pub status: Arc<HubStatus>,
     pub stop: Arc<AtomicBool>,
 }
@@ -393,7 +394,8 @@ impl Stage {
             publisher.publish(&canonical_header(&m.raw_header, &m.header.msg), &m.payload, status);
         }
         let h = &m.header;
-        let _ = self.received.send(Received {
+        if let Some(received_tx) = &self.received {
+            let _ = received_tx.send(Received {
             msg: h.msg.clone(),
             node: Some(m.node.clone()),
             boot: h.boot,
@@ -410,7 +412,8 @@ impl Stage {
             width: m.width,
             height: m.height,
             path: path.clone(),
-        });
+            });
+        }
         let observers = self.outlets.observers.read().unwrap_or_else(|e| e.into_inner());
         if !observers.is_empty() {
             let accepted = Accepted {

@@ -5,11 +5,14 @@
 //! ```
 //!
 //! The loop is driven by messages: between frames it waits on a control
-//! channel (quit, trigger) with the pacing deadline as its timeout, so signals
-//! and inputs meet the camera in one place. Whether a frame is encoded is
+//! channel (quit, trigger, reload) with the pacing deadline as its timeout, so
+//! signals and inputs meet the camera in one place. A reload ([`reload`])
+//! is applied there too, between two frames: the camera, the sockets, the
+//! pre-event ring and the boot id stay. Whether a frame is encoded is
 //! decided in exactly one place, [`Pipeline::decide`]; a still scene costs
 //! no encoding at all.
 
+mod reload;
 mod ring;
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
@@ -17,10 +20,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use log::{debug, info, warn};
+use log::{debug, error, info, warn};
 
-use crate::capture::{self, FrameSource, OpenOptions, Rate};
-use crate::config::Config;
+use crate::capture::{self, CaptureConfig, FrameSource, Rate, DEFAULT_FILE_FPS};
+use crate::config::{Config, NodeConfig};
 use crate::control::Control;
 use crate::encode::{payload_room, placeholder_jpeg, worker_count, EncodePool, Format, SendPolicy};
 use crate::flip::{flip_into, Flip};
@@ -136,16 +139,7 @@ pub struct Pipeline {
 impl Pipeline {
     /// Opens the source and the transport; nothing is sent yet.
     pub fn run(config: &Config, controls: Receiver<Control>, status: Arc<NodeStatus>) -> Result<RunStats> {
-        let options = OpenOptions {
-            size: config.capture.size.map(|s| (s.width, s.height)),
-            fps: match config.capture.rate {
-                Rate::Fps(fps) => Some(fps),
-                Rate::Max => None,
-            },
-            flip: config.capture.flip,
-            seed: config.capture.seed,
-        };
-        let source = capture::open(&config.capture.source, &options)
+        let source = capture::open(&config.capture)
             .with_context(|| format!("cannot open [capture] source = \"{}\"", config.capture.source))?;
         info!("capturing {}x{} from {}", source.size().0, source.size().1, config.capture.source);
         Pipeline::run_source(config, source, controls, status)
@@ -156,7 +150,9 @@ impl Pipeline {
     pub fn run_source(config: &Config, mut source: Box<dyn FrameSource>, controls: Receiver<Control>, status: Arc<NodeStatus>) -> Result<RunStats> {
         let (width, height) = source.size();
         let workers = worker_count(config.encode.workers);
-        let pre_event = if config.encode.send == SendPolicy::Motion { config.motion.pre_event_frames } else { 0 };
+        // Filled only while the send policy is "motion", but there for a
+        // reload that switches to it; its buffers are made as it fills.
+        let pre_event = config.motion.pre_event_frames;
         let encoder = EncodePool::new(workers, config.encode.format, config.encode.quality)?;
         let frames_held = encoder.most_frames();
         let payload_room = payload_room(config.encode.format, width, height);
@@ -178,7 +174,7 @@ impl Pipeline {
             status,
             controls,
             deferred: Vec::new(),
-            wait_for_room: config.capture.rate == Rate::Max && !source.is_live(),
+            wait_for_room: waits_for_room(&config.capture, source.is_live()),
             placeholder,
             current: FrameBuf::default(),
             flipped: FrameBuf::default(),
@@ -206,11 +202,8 @@ impl Pipeline {
         let started = Instant::now();
         self.status.set_phase(Phase::Running);
         self.notice(&self.texts.restart.clone(), 0);
-        let pace = match self.config.capture.rate {
-            Rate::Fps(fps) if !source.is_live() => Some(Duration::from_secs_f64(1.0 / fps)),
-            _ => None,
-        };
-        let heartbeat = (self.config.node.heartbeat > 0.0).then(|| Duration::from_secs_f64(self.config.node.heartbeat));
+        let mut pace = pace_of(&self.config.capture, source.is_live());
+        let mut heartbeat = heartbeat_of(&self.config.node);
         let flip = if source.flips_in_hardware() { Flip::None } else { self.config.capture.flip };
         let maps_frames = source.maps_frames();
         let mut next_due = Instant::now();
@@ -241,6 +234,12 @@ impl Pipeline {
                     Ok(()) => continue,
                     Err(e) => break Err(e),
                 },
+                Ok(Control::Reload(config)) => {
+                    self.reload(*config, source);
+                    pace = pace_of(&self.config.capture, source.is_live());
+                    heartbeat = heartbeat_of(&self.config.node);
+                    continue;
+                }
                 Err(RecvTimeoutError::Timeout) => {}
             }
             // Images the workers finished meanwhile go out before the next frame is read.
@@ -371,7 +370,7 @@ impl Pipeline {
             let sent = self.send_image(captured, Some((score, &boxes)));
             self.boxes = boxes;
             sent?;
-        } else if state == MotionState::Still && event.is_none() {
+        } else if state == MotionState::Still && event.is_none() && self.config.encode.send == SendPolicy::Motion {
             if let Captured::Lent(_) = captured {
                 self.spare_ready()?;
             }
@@ -437,6 +436,58 @@ impl Pipeline {
         };
         self.text_message(MessageKind::Event, &text, self.presses, unix_now(), None);
         Ok(())
+    }
+
+    /// Takes what a running node can of a new configuration, all of it or,
+    /// when the camera or the detector cannot take their part, nothing.
+    fn reload(&mut self, new: Config, source: &mut dyn FrameSource) {
+        let plan = match reload::plan(&self.config, &new) {
+            Ok(plan) => plan,
+            Err(e) => return error!("reload refused, the node keeps its configuration: {e:#}"),
+        };
+        if !plan.restart.is_empty() {
+            warn!("reload: a restart takes {} (systemctl restart camnode); until then it stays as it is", plan.restart.join(", "));
+        }
+        if plan.changed.is_empty() {
+            return info!("reload: nothing to change");
+        }
+        let config = plan.config;
+        // Disarmed by a press, a node whose presses no longer arm would stay so.
+        let rearm = !self.armed && config.gpio.trigger_mode != TriggerMode::Arm;
+        let detector = if config.motion != self.config.motion || rearm {
+            let (width, height) = self.size;
+            match MotionDetector::new(&config.motion, width, height) {
+                Ok(detector) => Some(detector),
+                Err(e) => return error!("reload refused, the node keeps its configuration: [motion]: {e:#}"),
+            }
+        } else {
+            None
+        };
+        if let Err(e) = source.retune(&config.capture) {
+            return error!("reload refused, the node keeps its configuration: {e:#}");
+        }
+        if let Err(e) = self.encoder.set_quality(config.encode.quality) {
+            return error!("reload refused, the node keeps its configuration: [encode] quality: {e:#}");
+        }
+        if let Some(detector) = detector {
+            // A new detector learns the scene afresh: an event in progress ends here.
+            if self.detector.report().state == MotionState::Moving {
+                self.status.set_event_active(self.burst_left > 0);
+                self.text_message(MessageKind::Event, &self.texts.still.clone(), self.stats.frames, unix_now(), None);
+            }
+            self.detector = detector;
+            self.post_event_left = 0;
+        }
+        if rearm {
+            self.armed = true;
+            info!("reload: [gpio] trigger_mode is no longer \"arm\": motion is sent again");
+        }
+        if config.encode.send != SendPolicy::Motion {
+            self.pre_event.clear(&mut self.spares);
+        }
+        self.wait_for_room = waits_for_room(&config.capture, source.is_live());
+        self.config = config;
+        info!("reloaded: {}", plan.changed.join(", "));
     }
 
     fn send_image(&mut self, captured: &mut Captured, motion: Option<(f32, &[BoundingBox])>) -> Result<()> {
@@ -625,8 +676,7 @@ pub struct DetectSummary {
 /// Runs only the detector over a source: what `camnode detect` prints. `each`
 /// sees the detector after every frame, for its report and debug images.
 pub fn detect_frames(config: &Config, mut each: impl FnMut(u64, &MotionDetector) -> Result<()>) -> Result<DetectSummary> {
-    let options = OpenOptions { seed: config.capture.seed, flip: config.capture.flip, ..Default::default() };
-    let mut source = capture::open(&config.capture.source, &options)
+    let mut source = capture::open(&config.capture)
         .with_context(|| format!("cannot open source \"{}\"", config.capture.source))?;
     let (width, height) = source.size();
     let mut detector = MotionDetector::new(&config.motion, width, height)?;
@@ -650,6 +700,26 @@ pub fn detect_frames(config: &Config, mut each: impl FnMut(u64, &MotionDetector)
         summary.p99_us = nanos[(nanos.len() - 1) * 99 / 100] as f64 / 1e3;
     }
     Ok(summary)
+}
+
+/// Time between frames for sources that do not keep their own pace.
+fn pace_of(capture: &CaptureConfig, live: bool) -> Option<Duration> {
+    match capture.rate {
+        _ if live => None,
+        Some(Rate::Max) => None,
+        Some(Rate::Fps(fps)) => Some(Duration::from_secs_f64(1.0 / fps)),
+        None => Some(Duration::from_secs_f64(1.0 / DEFAULT_FILE_FPS)),
+    }
+}
+
+/// Whether the source waits for room in the send queue rather than drop:
+/// one with no clock of its own at `--rate max`.
+fn waits_for_room(capture: &CaptureConfig, live: bool) -> bool {
+    capture.rate == Some(Rate::Max) && !live
+}
+
+fn heartbeat_of(node: &NodeConfig) -> Option<Duration> {
+    (node.heartbeat > 0.0).then(|| Duration::from_secs_f64(node.heartbeat))
 }
 
 /// Sends a state to systemd; failing to is worth a line in the log, not an exit.

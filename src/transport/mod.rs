@@ -12,6 +12,6 @@ pub mod wire;
 
 pub use config::{Mode, TransportConfig};
 pub use pool::{BufferPool, Buffers};
-pub use sender::{Sender, SenderReport, Shutdown};
+pub use sender::{probe, Sender, SenderReport, Shutdown};
 pub use spool::{Spool, SpoolConfig, SpoolCounts, SpoolKeep};
 pub use wire::{Header, Message, MessageKind};

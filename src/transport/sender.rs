@@ -271,6 +271,45 @@ fn connect_req(context: &zmq::Context, address: &str, curve: Option<&Curve>) -> 
     Ok(socket)
 }
 
+/// Checks that the hubs can be reached as [`Sender::start`] would reach
+/// them, for `camnode doctor`: REQ sends `message` (a heartbeat) to each hub
+/// and waits up to `reply_timeout` for its `OK`, returning how long the
+/// slowest took; PUB binds the addresses and lets them go. With
+/// `[security]`, over CURVE.
+pub fn probe(config: &TransportConfig, security: &SecurityConfig, message: &Message) -> Result<Duration> {
+    let context = zmq::Context::new();
+    let curve = Curve::open(security, Role::of_node(config.mode), &context)?;
+    let mut slowest = Duration::ZERO;
+    for address in config.addresses() {
+        let started = Instant::now();
+        if config.mode == Mode::Pub {
+            let socket = context.socket(zmq::PUB)?;
+            socket.set_linger(0)?;
+            if let Some(curve) = &curve {
+                curve.secure(&context, &socket, &address)?;
+            }
+            socket.bind(&address).with_context(|| format!("cannot bind [transport] hub = {address:?}"))?;
+            continue;
+        }
+        let socket = connect_req(&context, &address, curve.as_ref())?;
+        socket.send(&message.header[..], zmq::SNDMORE)?;
+        socket.send(&message.payload[..], 0)?;
+        let timeout = Duration::from_secs_f64(config.reply_timeout);
+        if socket.poll(zmq::POLLIN, timeout.as_millis() as i64)? == 0 {
+            anyhow::bail!("no reply from {address} within {timeout:?}");
+        }
+        let reply = socket.recv_multipart(0)?;
+        match reply.first() {
+            Some(first) if reply.len() == 1 && first == b"OK" => slowest = slowest.max(started.elapsed()),
+            first => anyhow::bail!(
+                "{address} replied {:?} instead of OK: it is not an imagezmq hub",
+                String::from_utf8_lossy(first.map_or(&[][..], |f| &f[..f.len().min(40)]))
+            ),
+        }
+    }
+    Ok(slowest)
+}
+
 /// How one request went.
 enum Reply {
     /// The hub replied `OK`.
