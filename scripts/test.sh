@@ -5,7 +5,8 @@
 #   1. build dependencies, libcamera 0.7 from Debian's source (host), and the
 #      Python venv with the real imagezmq, pyzmq and OpenCV;
 #   2. the whole Rust suite (unit, interop, faults, CURVE, GPIO, systemd, the
-#      hub with imagezmq workers and a JetStream cluster);
+#      hub with imagezmq workers and a JetStream cluster, the hub's console in
+#      Chromium, MQTT against mosquitto);
 #   3. the Pi features: libcamera end to end on the virtual camera, GPIO;
 #   4. cross builds for aarch64 and armv7, the suite under qemu-aarch64 (for
 #      armv7 the libcamera tests), smoke runs of both ARM binaries, and the
@@ -18,8 +19,10 @@ step() { echo "=== test.sh: $* ($(date +%H:%M:%S))" >&2; }
 
 step "setup"
 # tcpdump: the CURVE test captures loopback traffic to prove it is encrypted;
-# nats-server: the JetStream test runs a cluster of three.
-bash scripts/setup.sh tcpdump nats-server
+# nats-server: the JetStream test runs a cluster of three;
+# chromium, chromium-driver: the console's browser test (tests/console.rs);
+# mosquitto, mosquitto-clients: the MQTT test's broker and its watcher (tests/mqtt.rs).
+bash scripts/setup.sh tcpdump nats-server chromium chromium-driver mosquitto mosquitto-clients
 # Exported before every cargo run, so all of them see the same
 # PKG_CONFIG_PATH (pkg-config build scripts rerun when it changes).
 eval "$(bash scripts/libcamera.sh host)"

@@ -15,13 +15,17 @@ use clap::{Args, Parser, Subcommand};
 use crate::capture::controls::{AfMode, AfRange, Awb, AwbGains, Denoise, ExposureMode, Hdr, LensPosition, Metering, Roi, Shutter};
 use crate::capture::{CaptureConfig, Rate, SourceSpec};
 use crate::config::Config;
+use crate::console::{Console, ConsoleConfig};
 use crate::control::Control;
 use crate::encode::{Format, SendPolicy};
 use crate::settings::ConfigOrigin;
+use crate::fleet::Fleet;
 use crate::flip::Flip;
 use crate::gpio::Gpio;
 use crate::hub::{Hub, HubConfig, HubOptions};
+use crate::mqtt::{Mqtt, MqttConfig};
 use crate::pipeline::{detect_frames, Pipeline};
+use crate::services::Services;
 use crate::status::{NodeStatus, Phase};
 use crate::transport::security;
 use crate::transport::Mode;
@@ -297,6 +301,18 @@ pub struct HubArgs {
     /// CURVE for what the hub binds: directory of the public certificates (*.key) of the peers allowed in.
     #[arg(long)]
     pub allowed_dir: Option<PathBuf>,
+    /// Serve the console, /metrics and the JSON API on HOST:PORT (e.g. 127.0.0.1:8080).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub http: Option<String>,
+    /// File holding the console's token (mode 0600); needed to serve beyond 127.0.0.1.
+    #[arg(long, value_name = "FILE")]
+    pub http_token_file: Option<PathBuf>,
+    /// Publish events, availability and Home Assistant discovery to this MQTT broker.
+    #[arg(long, value_name = "tcp://HOST:PORT")]
+    pub mqtt: Option<String>,
+    /// File with USER:PASSWORD for the MQTT broker (mode 0600).
+    #[arg(long, value_name = "FILE")]
+    pub mqtt_credentials_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -388,12 +404,12 @@ impl NodeFlags {
 
 impl HubArgs {
     /// The hub's `[hub]` and `[security]`: the --config file's sections, the flags over them, checked.
-    pub fn resolve(&self) -> Result<HubOptions> {
+    pub fn resolve(&self) -> Result<HubSetup> {
         let (config, mut origin) = match &self.config {
             Some(path) => Config::load(path)?,
             None => (Config::default(), ConfigOrigin::default()),
         };
-        let (mut hub, mut security) = (config.hub, config.security);
+        let (mut hub, mut security, mut console, mut mqtt) = (config.hub, config.security, config.console, config.mqtt);
         macro_rules! flag {
             ($field:ident => $section:ident . $key:ident) => {
                 if let Some(v) = &self.$field {
@@ -431,16 +447,37 @@ impl HubArgs {
         flag!(list workers);
         flag!(list nats);
         flag!(list from_nats);
-        let config = Config { hub, security, ..config };
+        // These flags are named apart from their keys: --http-token-file sets [console] token_file.
+        lay_flag(&mut origin, "http", &self.http, ("console", "http"), &mut console.http);
+        lay_flag(&mut origin, "http-token-file", &self.http_token_file, ("console", "token_file"), &mut console.token_file);
+        lay_flag(&mut origin, "mqtt", &self.mqtt, ("mqtt", "url"), &mut mqtt.url);
+        lay_flag(&mut origin, "mqtt-credentials-file", &self.mqtt_credentials_file, ("mqtt", "credentials_file"), &mut mqtt.credentials_file);
+        let config = Config { hub, security, console, mqtt, ..config };
         config.validate_hub(&origin)?;
-        Ok(HubOptions {
+        let hub = HubOptions {
             config: config.hub,
             security: config.security,
             count: self.count,
             idle: self.idle.map(Duration::from_secs_f64),
             records: self.jsonl.is_some(),
-        })
+        };
+        Ok(HubSetup { hub, console: config.console, mqtt: config.mqtt })
     }
+}
+
+/// Sets `[section] key` from a flag that was given.
+fn lay_flag<T: Clone>(origin: &mut ConfigOrigin, flag: &str, value: &Option<T>, (section, key): (&str, &str), slot: &mut Option<T>) {
+    if let Some(value) = value {
+        *slot = Some(value.clone());
+        origin.set_by_named_flag(section, key, flag);
+    }
+}
+
+/// What `camnode hub` runs: the hub, and what shows the fleet.
+pub struct HubSetup {
+    pub hub: HubOptions,
+    pub console: ConsoleConfig,
+    pub mqtt: MqttConfig,
 }
 
 impl RunArgs {
@@ -552,11 +589,21 @@ fn run(args: &RunArgs) -> Result<()> {
 }
 
 fn hub(args: HubArgs) -> Result<()> {
-    let options = args.resolve()?;
+    let HubSetup { hub: options, console, mqtt } = args.resolve()?;
+    let save = options.config.save.clone();
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, _rx) = channel();
     handle_signals(tx, stop.clone(), None)?;
     let mut hub = Hub::start(options)?;
+    // The fleet is kept only for someone to show it to.
+    let _services = if console.http.is_some() || mqtt.url.is_some() {
+        let fleet = Arc::new(Fleet::new(save));
+        hub.observe(fleet.clone());
+        let console = Console::bind(&console, fleet.clone(), hub.status())?;
+        Some(Services::start(console, Mqtt::new(&mqtt, fleet)?)?)
+    } else {
+        None
+    };
     let mut out: Option<Box<dyn Write>> = match &args.jsonl {
         Some(p) if p.as_os_str() == "-" => Some(Box::new(std::io::stdout())),
         Some(p) => Some(Box::new(std::fs::File::create(p).with_context(|| format!("cannot create --jsonl {}", p.display()))?)),

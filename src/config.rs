@@ -15,10 +15,12 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::capture::CaptureConfig;
+use crate::console::ConsoleConfig;
 use crate::encode::EncodeConfig;
 use crate::gpio::GpioConfig;
 use crate::hub::HubConfig;
 use crate::motion::MotionConfig;
+use crate::mqtt::MqttConfig;
 use crate::settings::{Checker, ConfigOrigin};
 use crate::stats::StatsConfig;
 use crate::transport::security::{Role, SecurityConfig};
@@ -39,6 +41,9 @@ pub struct Config {
     pub stats: StatsConfig,
     /// `camnode hub` reads this section and `[security]`; a node ignores it.
     pub hub: HubConfig,
+    /// The hub's console and MQTT (`camnode hub --config`); a node ignores them.
+    pub console: ConsoleConfig,
+    pub mqtt: MqttConfig,
 }
 
 /// `[node]`: who this node is.
@@ -117,6 +122,8 @@ impl Config {
         if self.hub.worker_cert.is_some() && !self.security.enabled() {
             check.fail("hub", "worker_cert", &format!("{:?}", self.hub.worker_cert.as_deref().unwrap_or(Path::new(""))), "CURVE to workers needs this hub's own keys: set [security] secret_cert too");
         }
+        self.console.check(&mut check);
+        self.mqtt.check(&mut check);
         check.finish()
     }
 

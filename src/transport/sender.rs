@@ -219,6 +219,11 @@ impl Sender {
         }
     }
 
+    /// Event messages waiting in the spool and their bytes; `None` without a spool.
+    pub fn spool_usage(&self) -> Option<(u64, u64)> {
+        self.spool.as_ref().map(|spool| (spool.len() as u64, spool.used_bytes()))
+    }
+
     /// Queues a message, waiting until `deadline` for room; the message
     /// comes back if there is none by then. For sources that can wait for
     /// the network, which then never drop or spool for a full queue.
