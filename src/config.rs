@@ -15,13 +15,16 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::capture::CaptureConfig;
+use crate::console::ConsoleConfig;
 use crate::encode::EncodeConfig;
 use crate::gpio::GpioConfig;
+use crate::hub::HubConfig;
 use crate::motion::MotionConfig;
+use crate::mqtt::MqttConfig;
 use crate::settings::{Checker, ConfigOrigin};
 use crate::stats::StatsConfig;
 use crate::transport::security::{Role, SecurityConfig};
-use crate::transport::{SpoolConfig, TransportConfig};
+use crate::transport::{Mode, SpoolConfig, TransportConfig};
 
 /// The whole configuration of a node.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -36,6 +39,11 @@ pub struct Config {
     pub gpio: GpioConfig,
     pub security: SecurityConfig,
     pub stats: StatsConfig,
+    /// `camnode hub` reads this section and `[security]`; a node ignores it.
+    pub hub: HubConfig,
+    /// The hub's console and MQTT (`camnode hub --config`); a node ignores them.
+    pub console: ConsoleConfig,
+    pub mqtt: MqttConfig,
 }
 
 /// `[node]`: who this node is.
@@ -94,6 +102,31 @@ impl Config {
         check.finish()
     }
 
+    /// Checks what `camnode hub` uses: `[hub]`, and `[security]` for each
+    /// end the hub has (a server for what it binds, a client for what it
+    /// connects to).
+    pub fn validate_hub(&self, origin: &ConfigOrigin) -> Result<()> {
+        let mut check = Checker::new(origin);
+        self.hub.check(&mut check);
+        match (self.hub.mode(), self.hub.binds()) {
+            (Mode::Req, _) => self.security.check(&mut check, Role::Server),
+            (Mode::Pub, false) => self.security.check(&mut check, Role::Client),
+            (Mode::Pub, true) if self.security.enabled() => check.fail(
+                "hub",
+                "mode",
+                "\"pub\"",
+                "with [security], a hub that subscribes to PUB nodes cannot also bind --publish or --push: republish from a REQ hub",
+            ),
+            (Mode::Pub, true) => {}
+        }
+        if self.hub.worker_cert.is_some() && !self.security.enabled() {
+            check.fail("hub", "worker_cert", &format!("{:?}", self.hub.worker_cert.as_deref().unwrap_or(Path::new(""))), "CURVE to workers needs this hub's own keys: set [security] secret_cert too");
+        }
+        self.console.check(&mut check);
+        self.mqtt.check(&mut check);
+        check.finish()
+    }
+
     /// The effective configuration as TOML, for `camnode config`.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
@@ -137,7 +170,19 @@ mod tests {
         assert_eq!(config.capture.flip, Flip::Rotate180);
         assert_eq!(config.encode.quality, 75);
         assert_eq!(config.encode.send, SendPolicy::All);
-        assert_eq!(config.transport.address(), "tcp://*:5555");
+        assert_eq!(config.transport.addresses(), ["tcp://*:5555"]);
+    }
+
+    #[test]
+    fn several_hubs_are_a_string_or_a_list() {
+        for text in ["hub = \"tcp://a:1, tcp://b:2\"", "hub = [\"tcp://a:1\", \"tcp://b:2\"]"] {
+            let (config, origin) = load(&format!("[transport]\n{text}\n")).unwrap();
+            config.validate(&origin).unwrap();
+            assert_eq!(config.transport.addresses(), ["tcp://a:1", "tcp://b:2"]);
+        }
+        let (config, origin) = load("[transport]\nhub = \"tcp://a:1,b:2\"\n").unwrap();
+        let err = config.validate(&origin).unwrap_err().to_string();
+        assert!(err.contains("[transport] hub = \"b:2\""), "{err}");
     }
 
     #[test]

@@ -25,7 +25,8 @@ use crate::capture::SourceSpec;
 use crate::config::Config;
 use crate::encode::placeholder_jpeg;
 use crate::frame::unix_now;
-use crate::transport::security::{check_private, Curve, Role};
+use crate::settings::check_private;
+use crate::transport::security::{Curve, Role};
 use crate::transport::wire::{OutHeader, HEADER_ROOM};
 use crate::transport::{probe, Message, MessageKind, Mode};
 
@@ -229,7 +230,7 @@ fn keys(config: &Config) -> Check {
         return Check::skip("curve", "no [security]: plaintext, as imagezmq");
     }
     if let Some(secret) = &config.security.secret_cert {
-        if let Err(e) = check_private(secret) {
+        if let Err(e) = check_private("[security] secret_cert", secret) {
             let fix = format!("`chmod 600 {0}`, owned by the user camnode runs as (`sudo chown camnode {0}` for the service)", secret.display());
             return Check::fail("curve", format!("{e:#}"), fix);
         }
@@ -246,7 +247,7 @@ fn keys(config: &Config) -> Check {
 }
 
 fn hub(config: &Config, service: Service) -> Check {
-    let address = config.transport.address();
+    let address = config.transport.addresses().join(", ");
     let heartbeat = match heartbeat(config) {
         Ok(message) => message,
         Err(e) => return Check::fail("hub", format!("{e:#}"), "reinstall camnode"),

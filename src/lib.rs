@@ -23,28 +23,42 @@
 //! - [`pipeline`]: the node's main loop that joins the stages, decides which
 //!   frames are encoded, and keeps pre-event frames; [`control`] carries what
 //!   reaches it from outside the camera (signals, the trigger).
-//! - [`hub`]: the receiving side, `camnode hub`.
+//! - [`hub`]: the receiving side, `camnode hub`: the broker between many
+//!   nodes and the programs that use their images (a store, a pool of
+//!   imagezmq workers, subscribers, JetStream); its `mod.rs` follows one
+//!   message through it. It shows every message it accepts to its
+//!   observers. One is [`fleet`]: each node and view as the hub sees it
+//!   (latest image, motion, health from heartbeats, staleness, an events
+//!   timeline). It is read by [`console`] (the page at `/`, its JSON API and
+//!   `/metrics`) and [`mqtt`] (Home Assistant discovery and events), which
+//!   [`services`] runs on a thread of their own.
 //! - [`doctor`]: `camnode doctor`, a checklist of what a node needs where it runs.
 //! - [`cli`]: the thin command-line layer over all of it.
 //!
 //! Shared by all: [`frame`] (frame buffers), [`queue`] (allocation-free
 //! hand-over between threads), [`status`] (health for LEDs and watchdogs),
+//! [`health`] (what a node reports in its heartbeats, and the hub reads),
 //! [`systemd`] (readiness and watchdog keep-alives) and [`stats`] (counters
 //! and timings).
 
 pub mod capture;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod control;
 pub mod doctor;
 pub mod encode;
+pub mod fleet;
 pub mod flip;
 pub mod frame;
 pub mod gpio;
+pub mod health;
 pub mod hub;
 pub mod motion;
+pub mod mqtt;
 pub mod pipeline;
 pub mod queue;
+pub mod services;
 pub mod settings;
 pub mod stats;
 pub mod status;

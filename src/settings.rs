@@ -7,35 +7,42 @@
 //! it with these; `config` assembles the sections and imports the stages,
 //! never the other way round.
 
-use std::collections::HashSet;
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 
 /// Where a config file came from, kept to point errors at the right line.
 #[derive(Clone, Debug, Default)]
 pub struct ConfigOrigin {
     pub(crate) path: Option<PathBuf>,
     pub(crate) text: String,
-    /// `section.key` names set on the command line, which win over the file.
-    from_flags: HashSet<String>,
+    /// `section.key` names set on the command line, which win over the
+    /// file, with the flag that set each.
+    from_flags: HashMap<String, String>,
 }
 
 impl ConfigOrigin {
     /// The origin of a file's text.
     pub fn file(path: PathBuf, text: String) -> Self {
-        ConfigOrigin { path: Some(path), text, from_flags: HashSet::new() }
+        ConfigOrigin { path: Some(path), text, from_flags: HashMap::new() }
     }
 
-    /// Records that a flag set `section.key`.
+    /// Records that a flag of the key's name (`--key`) set `section.key`.
     pub fn set_by_flag(&mut self, section: &str, key: &str) {
-        self.from_flags.insert(format!("{section}.{key}"));
+        self.set_by_named_flag(section, key, &key.replace('_', "-"));
+    }
+
+    /// Records that the flag `--flag` set `section.key`.
+    pub fn set_by_named_flag(&mut self, section: &str, key: &str, flag: &str) {
+        self.from_flags.insert(format!("{section}.{key}"), flag.to_string());
     }
 
     /// "flag --key", "FILE line N", or "the default", for an error message.
     fn describe(&self, section: &str, key: &str) -> String {
-        if self.from_flags.contains(&format!("{section}.{key}")) {
-            return format!("set by the flag --{}", key.replace('_', "-"));
+        if let Some(flag) = self.from_flags.get(&format!("{section}.{key}")) {
+            return format!("set by the flag --{flag}");
         }
         match (&self.path, find_key_line(&self.text, section, key)) {
             (Some(path), Some(line)) => format!("in {} line {line}", path.display()),
@@ -92,6 +99,31 @@ impl<'a> Checker<'a> {
         }
         anyhow::bail!("invalid configuration:\n  {}", self.problems.join("\n  "))
     }
+}
+
+/// Refuses a secret file (a key, a token, a password) that anyone but its
+/// owner can read or change; `setting` names where it was configured.
+pub fn check_private(setting: &str, path: &Path) -> Result<()> {
+    let mode = std::fs::metadata(path).with_context(|| format!("cannot read {setting} = {path:?}"))?.permissions().mode();
+    if mode & 0o077 != 0 {
+        bail!(
+            "{setting} = {path:?} is open to group or others (mode {:03o}); a secret must be private to the user camnode runs as: run `chmod 600 {}`",
+            mode & 0o777,
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Reads a secret file after [`check_private`], without its trailing newline.
+pub fn read_secret(setting: &str, path: &Path) -> Result<String> {
+    check_private(setting, path)?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {setting} = {path:?}"))?;
+    let secret = text.trim_end_matches(['\r', '\n']).to_string();
+    if secret.is_empty() {
+        bail!("{setting} = {path:?} is empty: write the secret into it");
+    }
+    Ok(secret)
 }
 
 /// `FromStr` for enums whose serde names are their config values, with an

@@ -31,6 +31,7 @@ use crate::encode::{payload_room, placeholder_jpeg, worker_count, EncodePool, Fo
 use crate::flip::{flip_into, Flip};
 use crate::frame::{unix_now, Captured, Frame, FrameBuf, Spares};
 use crate::gpio::TriggerMode;
+use crate::health::{self, HealthProbe};
 use crate::motion::{BoundingBox, MotionDetector, MotionEvent, MotionState};
 use crate::stats::{lap, thread_cpu_time, RunStats};
 use crate::status::{NodeStatus, Phase};
@@ -156,6 +157,8 @@ pub struct Pipeline {
     /// The images going out now belong to an event (moving, pre- or
     /// post-event, a trigger burst): the spool keeps them when the hub cannot.
     in_event: bool,
+    /// Measures what each heartbeat reports.
+    health: HealthProbe,
     stats: RunStats,
 }
 
@@ -217,6 +220,7 @@ impl Pipeline {
             boot: (unix_now() * 1e6) as u64,
             boxes: Vec::with_capacity(crate::motion::MAX_BOXES),
             in_event: false,
+            health: HealthProbe::new(config.transport.addresses().first().map_or("", String::as_str), &config.spool.dir, config.node.heartbeat),
             stats: RunStats::default(),
             config: config.clone(),
         };
@@ -312,7 +316,7 @@ impl Pipeline {
             if let Some(period) = heartbeat {
                 if last_heartbeat.elapsed() >= period {
                     last_heartbeat = Instant::now();
-                    self.notice(&self.texts.heartbeat.clone(), self.stats.frames);
+                    self.heartbeat(source.dropped());
                 }
             }
         };
@@ -650,7 +654,23 @@ impl Pipeline {
         self.text_message(MessageKind::Notice, text, seq, unix_now(), None);
     }
 
+    /// `NODE|Heartbeat`, with the node's health in its header.
+    fn heartbeat(&mut self, source_dropped: u64) {
+        let counts = health::Counts {
+            frames: self.stats.frames,
+            dropped: self.stats.dropped + source_dropped,
+            spool: self.sender.as_ref().and_then(Sender::spool_usage),
+        };
+        let health = self.health.sample(counts);
+        self.text_message_with(MessageKind::Notice, &self.texts.heartbeat.clone(), self.stats.frames, unix_now(), None, Some(&health));
+    }
+
     fn text_message(&mut self, kind: MessageKind, text: &str, seq: u64, ts: f64, score: Option<f32>) {
+        self.text_message_with(kind, text, seq, ts, score, None);
+    }
+
+    /// A text message; `health`'s keys go into its header beside the usual ones.
+    fn text_message_with(&mut self, kind: MessageKind, text: &str, seq: u64, ts: f64, score: Option<f32>, health: Option<&health::Health>) {
         let (header_buf, mut payload) = self.take_buffers();
         payload.extend_from_slice(&self.placeholder);
         let raw = self.config.encode.format == Format::Raw;
@@ -665,7 +685,10 @@ impl Pipeline {
             score,
             boxes: &[],
         };
-        let message = Message::new(kind, &header, header_buf, payload);
+        let message = match health {
+            Some(health) => Message::with_keys(kind, &header, health, header_buf, payload),
+            None => Message::new(kind, &header, header_buf, payload),
+        };
         self.pass(message);
         self.release();
     }

@@ -12,10 +12,14 @@ pub struct TransportConfig {
     /// event frames the hub cannot take wait in the `[spool]`: for events that must arrive);
     /// "pub": bind and publish to any subscribed hub (live view, no acknowledgement, nothing spooled) (default "req").
     pub mode: Mode,
-    /// REQ: the hub address to connect to (default "tcp://127.0.0.1:5555").
-    /// PUB: the address to bind (default "tcp://*:5555").
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// REQ: the hub address to connect to (default "tcp://127.0.0.1:5555"),
+    /// or several, "A,B" or ["A", "B"]: when one is silent the node moves to
+    /// the next, and back to the first after `failback` seconds.
+    /// PUB: the address to bind (default "tcp://*:5555"), or several.
+    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "one_or_list")]
     pub hub: Option<String>,
+    /// REQ with several hubs: seconds on a later hub before trying the first again (default 60).
+    pub failback: f64,
     /// Messages waiting for the network before new ones are dropped (default 16).
     pub queue: usize,
     /// REQ: seconds to wait for the hub's reply before reconnecting (default 3).
@@ -32,17 +36,21 @@ pub struct TransportConfig {
 
 impl Default for TransportConfig {
     fn default() -> Self {
-        TransportConfig { mode: Mode::Req, hub: None, queue: 16, reply_timeout: 3.0, pub_hwm: 8, linger: 1.0, drain_timeout: 10.0 }
+        TransportConfig { mode: Mode::Req, hub: None, failback: 60.0, queue: 16, reply_timeout: 3.0, pub_hwm: 8, linger: 1.0, drain_timeout: 10.0 }
     }
 }
 
 impl TransportConfig {
-    /// The address to connect (REQ) or bind (PUB), with the mode's default.
-    pub fn address(&self) -> String {
-        self.hub.clone().unwrap_or_else(|| match self.mode {
-            Mode::Req => "tcp://127.0.0.1:5555".into(),
-            Mode::Pub => "tcp://*:5555".into(),
-        })
+    /// The addresses to connect (REQ, in order of preference) or bind
+    /// (PUB), with the mode's default.
+    pub fn addresses(&self) -> Vec<String> {
+        match &self.hub {
+            Some(list) => list.split(',').map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).collect(),
+            None => vec![match self.mode {
+                Mode::Req => "tcp://127.0.0.1:5555".into(),
+                Mode::Pub => "tcp://*:5555".into(),
+            }],
+        }
     }
 
     pub(crate) fn check(&self, check: &mut Checker) {
@@ -51,11 +59,31 @@ impl TransportConfig {
         check.range("transport", "pub_hwm", self.pub_hwm as f64, 1.0, 100000.0);
         check.range("transport", "linger", self.linger, 0.0, 60.0);
         check.range("transport", "drain_timeout", self.drain_timeout, 0.0, 3600.0);
-        let address = self.address();
-        if !["tcp://", "ipc://", "inproc://"].iter().any(|p| address.starts_with(p)) {
-            check.fail("transport", "hub", &format!("{address:?}"), "use a ZeroMQ address such as \"tcp://hub.local:5555\"");
+        check.range("transport", "failback", self.failback, 1.0, 86400.0);
+        let addresses = self.addresses();
+        if addresses.is_empty() {
+            check.fail("transport", "hub", "\"\"", "use a ZeroMQ address such as \"tcp://hub.local:5555\", or several: \"tcp://a:5555,tcp://b:5555\"");
+        }
+        for address in addresses {
+            if !["tcp://", "ipc://", "inproc://"].iter().any(|p| address.starts_with(p)) {
+                check.fail("transport", "hub", &format!("{address:?}"), "use a ZeroMQ address such as \"tcp://hub.local:5555\"");
+            }
         }
     }
+}
+
+/// `hub` as one string ("A" or "A,B") or a list of strings, kept as "A,B".
+fn one_or_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrList {
+        One(String),
+        List(Vec<String>),
+    }
+    Ok(Some(match OneOrList::deserialize(d)? {
+        OneOrList::One(one) => one,
+        OneOrList::List(list) => list.join(","),
+    }))
 }
 
 /// ZeroMQ pattern between node and hub.
