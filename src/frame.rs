@@ -147,6 +147,11 @@ pub struct Spares {
 }
 
 impl Spares {
+    /// The most buffers made before [`must_wait`](Self::must_wait) says so.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
     /// Spares of which `limit` are made before [`must_wait`](Self::must_wait)
     /// says so; `outside` more buffers, which their owners fill (the
     /// capture and flip slots), may also be given.
@@ -347,6 +352,14 @@ impl FrameBuf {
         self.width = width;
         self.height = height;
         self.data.heap().resize(width * height + 2 * cw * ch, 0);
+    }
+
+    /// Lets go of a mapped frame's pages now rather than when the buffer
+    /// is next filled; a buffer with memory of its own keeps it.
+    pub fn unmap(&mut self) {
+        if let Pixels::Mapped(_) = self.data {
+            self.data = Pixels::default();
+        }
     }
 
     /// Points this buffer at a frame of a mapped file instead of memory of

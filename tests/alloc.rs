@@ -114,6 +114,8 @@ struct Watched {
     /// The first frame of the window, once the hub has replied.
     window: Option<u64>,
     counts: Arc<[AtomicU64; 2]>,
+    /// The most frames a mapped scene had mapped still when the next was read.
+    most_mapped: Arc<AtomicU64>,
 }
 
 impl Watched {
@@ -164,11 +166,16 @@ impl FrameSource for Watched {
         if !self.before_frame() {
             return Some(Ok(false));
         }
+        self.most_mapped.fetch_max(self.scene.frames_mapped() as u64, Ordering::SeqCst);
         self.scene.next_frame_into(buf)
     }
 
     fn maps_frames(&self) -> bool {
         self.owned && self.scene.maps_frames()
+    }
+
+    fn frames_mapped(&self) -> usize {
+        self.scene.frames_mapped()
     }
 
     /// Paced as a camera is: capture never waits for the network, so the
@@ -239,7 +246,8 @@ fn allocations_in_window(frames: Frames, workers: usize, send: SendPolicy, flip:
         Frames::Mapped => Box::new(Y4mReader::open(&scene_file(dir.path(), width, height)).unwrap()),
     };
     let owned = !matches!(frames, Frames::Lent);
-    let source = Watched { scene, owned, seq: 0, status: status.clone(), start_hub, window: None, counts: counts.clone() };
+    let most_mapped = Arc::new(AtomicU64::new(0));
+    let source = Watched { scene, owned, seq: 0, status: status.clone(), start_hub, window: None, counts: counts.clone(), most_mapped: most_mapped.clone() };
     let (_controls, rx) = channel();
     let node = std::thread::spawn(move || Pipeline::run_source(&config, Box::new(source), rx, status));
     hub_wanted.recv().unwrap();
@@ -255,6 +263,11 @@ fn allocations_in_window(frames: Frames, workers: usize, send: SendPolicy, flip:
     assert!(stats.dropped > 0, "the send queue never overflowed before the hub came");
     let (before, after) = (counts[0].load(Ordering::SeqCst), counts[1].load(Ordering::SeqCst));
     assert!(before > 0 && after >= before, "the window was not reached");
+    // Mapped frames take no buffers, yet the frames kept are held to the
+    // same limit: the pre-event ring's raw frames, or the encoders' frames
+    // in flight, whichever is more (both 3 here), never the two added up.
+    let most_mapped = most_mapped.load(Ordering::SeqCst);
+    assert!(most_mapped <= 3, "{most_mapped} frames were still mapped when the next was read");
     after - before
 }
 

@@ -54,6 +54,14 @@ pub trait FrameSource: Send {
         false
     }
 
+    /// For sources that map their frames: how many are mapped still, held
+    /// by the pipeline's stages (the encoders, the pre-event ring). They
+    /// take no buffers, so the pipeline holds this count to the limit that
+    /// buffers have elsewhere.
+    fn frames_mapped(&self) -> usize {
+        0
+    }
+
     /// True for sources that pace themselves (a camera): `--rate` does not
     /// slow them down.
     fn is_live(&self) -> bool {

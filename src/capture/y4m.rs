@@ -157,6 +157,14 @@ impl FrameSource for Y4mReader {
     fn maps_frames(&self) -> bool {
         matches!(self.input, Input::Mapped { .. })
     }
+
+    fn frames_mapped(&self) -> usize {
+        // Every frame's span shares the mapping; the one handle left is ours.
+        match &self.input {
+            Input::Mapped { map, .. } => Arc::strong_count(map) - 1,
+            Input::Stream { .. } => 0,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -287,7 +287,7 @@ impl Pipeline {
             let outcome = match source.next_frame_into(&mut current) {
                 Some(Ok(true)) => self
                     .captured(Captured::Owned(&mut current), flip, t0)
-                    .and_then(|()| if maps_frames { Ok(()) } else { self.restock(&mut current) })
+                    .and_then(|()| if maps_frames { self.mapped_room(source, &mut current) } else { self.restock(&mut current) })
                     .map(|()| true),
                 Some(Ok(false)) => Ok(false),
                 Some(Err(e)) => Err(e.context(format!("capture failed after {} frames", self.stats.frames))),
@@ -699,6 +699,18 @@ impl Pipeline {
             self.spare_ready()?;
             *slot = self.spares.take();
         }
+        Ok(())
+    }
+
+    /// The same limit for a source that maps its frames, which takes no
+    /// buffers: the frame just processed is let go unless a stage kept it,
+    /// and with as many frames kept as buffers would be allowed, the next
+    /// one waits for an encoder to give one back. Without this, the ring's
+    /// raw frames and the encoders' frames add up (seven at once, 21 MB at
+    /// 1080p) where buffers would have made one wait.
+    fn mapped_room(&mut self, source: &dyn FrameSource, current: &mut FrameBuf) -> Result<()> {
+        current.unmap();
+        while source.frames_mapped() >= self.spares.limit() && self.encoder.wait_one(&mut self.spares)? {}
         Ok(())
     }
 
