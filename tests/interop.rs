@@ -112,7 +112,7 @@ fn imagezmq_hub_receives_jpegs_over_req() {
 
 /// At `--rate max` a file, pipe or synthetic source waits for the network
 /// instead of dropping: against a hub that works 10 ms per message (the node
-/// makes a frame far faster) and the default queue of 16, all 100 frames
+/// makes a frame far faster) and the default queue of 12, all 100 frames
 /// arrive.
 #[test]
 fn a_source_without_a_clock_waits_for_a_slow_hub_at_rate_max() {

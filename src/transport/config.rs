@@ -20,7 +20,9 @@ pub struct TransportConfig {
     pub hub: Option<String>,
     /// REQ with several hubs: seconds on a later hub before trying the first again (default 60).
     pub failback: f64,
-    /// Messages waiting for the network before new ones are dropped (default 16).
+    /// Messages waiting for the network before new ones are dropped or
+    /// spooled (default 12: an event's burst, its ten pre-event frames and
+    /// the frame that started it, fits; each 1080p image is about 280 KB).
     pub queue: usize,
     /// REQ: seconds to wait for the hub's reply before reconnecting (default 3).
     pub reply_timeout: f64,
@@ -36,7 +38,7 @@ pub struct TransportConfig {
 
 impl Default for TransportConfig {
     fn default() -> Self {
-        TransportConfig { mode: Mode::Req, hub: None, failback: 60.0, queue: 16, reply_timeout: 3.0, pub_hwm: 8, linger: 1.0, drain_timeout: 10.0 }
+        TransportConfig { mode: Mode::Req, hub: None, failback: 60.0, queue: 12, reply_timeout: 3.0, pub_hwm: 8, linger: 1.0, drain_timeout: 10.0 }
     }
 }
 
