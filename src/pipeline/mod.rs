@@ -10,7 +10,9 @@
 //! is applied there too, between two frames: the camera, the sockets, the
 //! pre-event ring and the boot id stay. Whether a frame is encoded is
 //! decided in exactly one place, [`Pipeline::decide`]; a still scene costs
-//! no encoding at all.
+//! no encoding at all. Frames that may yet be sent are kept back in a
+//! [`FrameRing`]: before an event, those that would show how it began, and
+//! during one, those in which nothing moved, until motion resumes.
 
 mod reload;
 mod ring;
@@ -36,7 +38,7 @@ use crate::status::{NodeStatus, Phase};
 use crate::systemd::{Notifier, Notify};
 use crate::transport::wire::{OutHeader, HEADER_ROOM};
 use crate::transport::{BufferPool, Buffers, Message, MessageKind, Sender, Shutdown, SpoolKeep};
-use ring::FrameRing;
+use ring::{FrameRing, Kept};
 
 /// How often a wait for room in the send queue looks at the control
 /// channel, so that a signal still stops a node that waits on a slow hub.
@@ -46,6 +48,23 @@ const ROOM_CHECK: Duration = Duration::from_millis(100);
 /// the one the sender is delivering, one it replays from the spool, and the
 /// event and notice messages queued between images.
 const MESSAGES_IN_HAND: usize = 4;
+
+/// Frames sent before the one where the detector first saw what started an
+/// event: an object coming into view, or out from behind something, shows
+/// for a frame before it differs enough to be seen.
+const LEAD_FRAMES: u64 = 1;
+
+/// What becomes of a frame: see [`Pipeline::decide`].
+enum Decision {
+    /// Encoded and sent now.
+    Send,
+    /// Kept back during an event: nothing moved in it.
+    HoldBack,
+    /// Kept in case an event starts.
+    Keep,
+    /// Neither (`send = "none"`).
+    Skip,
+}
 
 /// The fixed texts of this node's messages, built once. Shared (`Arc<str>`),
 /// so that the hot path hands one to a message without allocating.
@@ -114,7 +133,14 @@ pub struct Pipeline {
     /// above: as many as the larger of the two holds, so that at 1080p a
     /// node keeps 4 or 5 frames in memory, not 7.
     spares: Spares,
+    /// Frames before an event, and frames of one in which nothing moved.
     pre_event: FrameRing,
+    /// Messages handed to the encoder so far, and messages back from it: the
+    /// ticket of each, which says whether it is a frame encoded ahead for
+    /// `pre_event`. The encoder gives them back in order; a failure to
+    /// encode ends the run.
+    handed_to_encoder: u64,
+    back_from_encoder: u64,
     /// Frames still to send after an event ended.
     post_event_left: u32,
     /// Frames still to send for a trigger press (`trigger_mode = "capture"`).
@@ -156,9 +182,12 @@ impl Pipeline {
         let encoder = EncodePool::new(workers, config.encode.format, config.encode.quality)?;
         let frames_held = encoder.most_frames();
         let payload_room = payload_room(config.encode.format, width, height);
+        // Older frames before an event are kept as JPEGs; raw arrays are
+        // larger than the frames they come from, so those are kept raw.
+        let pre_event = FrameRing::new(pre_event, config.encode.format == Format::Jpg, encoder.most_messages());
         // Every message that can be out at once: a full send queue, those
-        // with the encoders, and those in hand.
-        let most_messages = config.transport.queue + encoder.most_messages() + MESSAGES_IN_HAND;
+        // with the encoders, those in hand and the frames kept encoded.
+        let most_messages = config.transport.queue + encoder.most_messages() + MESSAGES_IN_HAND + pre_event.encoded_capacity();
         let pool = BufferPool::stocked(most_messages, HEADER_ROOM, payload_room);
         let placeholder = match config.encode.format {
             Format::Jpg => placeholder_jpeg()?,
@@ -179,8 +208,10 @@ impl Pipeline {
             current: FrameBuf::default(),
             flipped: FrameBuf::default(),
             // The capture slot and the flip slot are filled by their owners.
-            spares: Spares::new(pre_event.max(frames_held), 2),
-            pre_event: FrameRing::new(pre_event),
+            spares: Spares::new(pre_event.raw_capacity().max(frames_held), 2),
+            pre_event,
+            handed_to_encoder: 0,
+            back_from_encoder: 0,
             post_event_left: 0,
             burst_left: 0,
             armed: true,
@@ -295,6 +326,9 @@ impl Pipeline {
         self.release();
         let result = result.and(flushed);
         self.stats.source_dropped = source.dropped();
+        // Frames kept for an event that did not come are not sent now either.
+        self.pre_event.clear(&mut self.spares, &self.pool);
+        self.stats.encoded_unsent = self.pre_event.forgotten();
         self.status.set_phase(if result.is_ok() { Phase::Stopped } else { Phase::Failed });
         // On a signal the whole exit must fit in 2 s, and the spool waits for
         // the next start; at the end of a finite run (or a failed source) the
@@ -336,6 +370,7 @@ impl Pipeline {
         let frame = captured.frame();
         let report = self.detector.process(&frame);
         let (event, state, active) = (report.event, report.state, report.active);
+        let (seen_for, followed_for) = (u64::from(report.seen_for), u64::from(report.followed_for));
         // Pre-event frames go out on the frame that starts an event, in state Moving too.
         self.in_event = state == MotionState::Moving;
         let score = report.score;
@@ -349,12 +384,9 @@ impl Pipeline {
                 self.status.set_event_active(true);
                 info!("motion started at frame {} (score {score:.2})", frame.seq);
                 self.event(&self.texts.moving.clone(), &frame, score);
-                // The frames that led up to the event go first, in capture order.
-                while let Some(mut buffered) = self.pre_event.pop_oldest() {
-                    let result = self.send_image(&mut Captured::Owned(&mut buffered), None);
-                    self.spares.give(buffered);
-                    result?;
-                }
+                // The frames that show how the event began go first, in
+                // capture order: from just before its object was first seen.
+                self.send_kept(frame.seq.saturating_sub(seen_for.saturating_sub(1) + LEAD_FRAMES))?;
             }
             Some(MotionEvent::Ended) => {
                 // A trigger burst may still be going out.
@@ -362,26 +394,55 @@ impl Pipeline {
                 info!("motion ended at frame {}", frame.seq);
                 self.event(&self.texts.still.clone(), &frame, score);
                 self.post_event_left = self.config.motion.post_event_frames;
+                // The event's last frames, in which nothing moved, go out
+                // ahead of the post-event frames; without those, they stay
+                // as the frames before a next event.
+                if self.post_event_left > 0 {
+                    self.send_kept(0)?;
+                }
             }
             None => {}
         }
-        if self.decide(state) {
-            let boxes = std::mem::take(&mut self.boxes);
-            let sent = self.send_image(captured, Some((score, &boxes)));
-            self.boxes = boxes;
-            sent?;
-        } else if state == MotionState::Still && event.is_none() && self.config.encode.send == SendPolicy::Motion {
-            if let Captured::Lent(_) = captured {
-                self.spare_ready()?;
+        match self.decide(state, active) {
+            Decision::Send => {
+                if state == MotionState::Moving {
+                    // Motion resumed: the frames held back meanwhile go first.
+                    self.send_kept(0)?;
+                }
+                let boxes = std::mem::take(&mut self.boxes);
+                let sent = self.send_image(captured, Some((score, &boxes)));
+                self.boxes = boxes;
+                sent?;
             }
-            self.pre_event.push(captured, &mut self.spares);
+            Decision::HoldBack => {
+                // Held back past the ring's room, a frame goes out after all.
+                if let Some(mut leaving) = self.keep(captured)? {
+                    let sent = self.send_image(&mut Captured::Owned(&mut leaving), None);
+                    self.spares.give(leaving);
+                    sent?;
+                }
+            }
+            Decision::Keep => {
+                // Frames from before what the detector follows cannot show
+                // how a coming event began.
+                let oldest_useful = frame.seq.saturating_sub(followed_for.saturating_sub(1) + LEAD_FRAMES);
+                if let Some(leaving) = self.keep(captured)? {
+                    if self.pre_event.wants(leaving.seq, oldest_useful) {
+                        self.encode_ahead(leaving)?;
+                    } else {
+                        self.spares.give(leaving);
+                    }
+                }
+                self.pre_event.forget_before(oldest_useful, &mut self.spares, &self.pool);
+            }
+            Decision::Skip => {}
         }
         lap(&mut self.stats.stage_us.encode, t1);
         Ok(())
     }
 
     /// The one place that decides whether a frame is encoded and sent.
-    fn decide(&mut self, state: MotionState) -> bool {
+    fn decide(&mut self, state: MotionState, active: bool) -> Decision {
         // A trigger burst goes out whatever the motion state and the send policy.
         if self.burst_left > 0 {
             self.burst_left -= 1;
@@ -389,19 +450,67 @@ impl Pipeline {
                 self.status.set_event_active(state == MotionState::Moving);
             }
             self.in_event = true;
-            return true;
+            return Decision::Send;
         }
         match self.config.encode.send {
-            SendPolicy::All => true,
-            SendPolicy::None => false,
-            SendPolicy::Motion if state == MotionState::Moving => true,
+            SendPolicy::All => Decision::Send,
+            SendPolicy::None => Decision::Skip,
+            // Nothing moved in this frame of an event: it goes out if motion
+            // resumes before the event ends.
+            SendPolicy::Motion if state == MotionState::Moving && !active && self.pre_event.raw_capacity() > 0 => Decision::HoldBack,
+            SendPolicy::Motion if state == MotionState::Moving => Decision::Send,
             SendPolicy::Motion if self.post_event_left > 0 => {
                 self.post_event_left -= 1;
                 self.in_event = true;
-                true
+                Decision::Send
             }
-            SendPolicy::Motion => false,
+            SendPolicy::Motion => Decision::Keep,
         }
+    }
+
+    /// Keeps this frame in the ring; returns the oldest one kept raw if it
+    /// no longer fits.
+    fn keep(&mut self, captured: &mut Captured) -> Result<Option<FrameBuf>> {
+        if let Captured::Lent(_) = captured {
+            self.spare_ready()?;
+        }
+        Ok(self.pre_event.push(captured, &mut self.spares))
+    }
+
+    /// Sends the kept frames from sequence number `first` on, in capture
+    /// order, and forgets the older ones.
+    fn send_kept(&mut self, first: u64) -> Result<()> {
+        // Frames being encoded ahead come back first.
+        while self.pre_event.awaits_encoded() && self.encoder.wait_one(&mut self.spares)? {
+            self.release();
+        }
+        self.release();
+        self.pre_event.forget_before(first, &mut self.spares, &self.pool);
+        while let Some(kept) = self.pre_event.pop_oldest() {
+            match kept {
+                Kept::Encoded(mut message) => {
+                    message.durable = self.durable();
+                    self.stats.encoded += 1;
+                    self.pass(message);
+                    self.release();
+                }
+                Kept::Raw(mut frame) => {
+                    let sent = self.send_image(&mut Captured::Owned(&mut frame), None);
+                    self.spares.give(frame);
+                    sent?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Encodes a frame that may yet be sent before an event, into the ring.
+    fn encode_ahead(&mut self, mut frame: FrameBuf) -> Result<()> {
+        self.pre_event.encoding(self.handed_to_encoder, frame.seq);
+        let message = self.image_message(&frame.as_frame(), None);
+        let handed = self.hand_to_encoder(&mut Captured::Owned(&mut frame), message);
+        self.spares.give(frame);
+        handed
     }
 
     /// A press of the trigger input: an event and a burst of frames, or
@@ -429,7 +538,7 @@ impl Pipeline {
                 // An event in progress ends here, and no frame kept from before goes out later.
                 self.post_event_left = 0;
                 self.status.set_event_active(false);
-                self.pre_event.clear(&mut self.spares);
+                self.pre_event.clear(&mut self.spares, &self.pool);
                 info!("trigger pressed: disarmed, motion is not sent until the next press");
                 self.texts.disarmed.clone()
             }
@@ -483,7 +592,7 @@ impl Pipeline {
             info!("reload: [gpio] trigger_mode is no longer \"arm\": motion is sent again");
         }
         if config.encode.send != SendPolicy::Motion {
-            self.pre_event.clear(&mut self.spares);
+            self.pre_event.clear(&mut self.spares, &self.pool);
         }
         self.wait_for_room = waits_for_room(&config.capture, source.is_live());
         self.config = config;
@@ -491,7 +600,15 @@ impl Pipeline {
     }
 
     fn send_image(&mut self, captured: &mut Captured, motion: Option<(f32, &[BoundingBox])>) -> Result<()> {
-        let frame = captured.frame();
+        let mut message = self.image_message(&captured.frame(), motion);
+        message.durable = self.durable();
+        self.hand_to_encoder(captured, message)?;
+        self.stats.encoded += 1;
+        Ok(())
+    }
+
+    /// An image message for `frame`, its payload still to be encoded.
+    fn image_message(&self, frame: &Frame, motion: Option<(f32, &[BoundingBox])>) -> Message {
         let shape = [frame.height, frame.width, 3];
         let raw = self.config.encode.format == Format::Raw;
         let header = OutHeader {
@@ -506,13 +623,27 @@ impl Pipeline {
             boxes: motion.map_or(&[], |(_, boxes)| boxes),
         };
         let (header_buf, payload) = self.take_buffers();
-        let mut message = Message::new(MessageKind::Image, &header, header_buf, payload);
-        // Images of an event must arrive; with `[spool] keep = "all"`, every image must.
-        message.durable = self.in_event || self.config.spool.keep == SpoolKeep::All;
+        Message::new(MessageKind::Image, &header, header_buf, payload)
+    }
+
+    /// Images of an event must arrive; with `[spool] keep = "all"`, every image must.
+    fn durable(&self) -> bool {
+        self.in_event || self.config.spool.keep == SpoolKeep::All
+    }
+
+    /// Hands a frame and its message to the encoder, which gives the
+    /// message back in turn (see `release`).
+    fn hand_to_encoder(&mut self, captured: &mut Captured, message: Message) -> Result<()> {
         self.encoder.encode(captured, message, &mut self.spares)?;
-        self.stats.encoded += 1;
+        self.handed_to_encoder += 1;
         self.release();
         Ok(())
+    }
+
+    /// Queues a message that needs no encoding behind those with the encoder.
+    fn pass(&mut self, message: Message) {
+        self.encoder.pass(message);
+        self.handed_to_encoder += 1;
     }
 
     fn event(&mut self, text: &str, frame: &Frame, score: f32) {
@@ -558,7 +689,7 @@ impl Pipeline {
             Some(health) => Message::with_keys(kind, &header, health, header_buf, payload),
             None => Message::new(kind, &header, header_buf, payload),
         };
-        self.encoder.pass(message);
+        self.pass(message);
         self.release();
     }
 
@@ -589,10 +720,17 @@ impl Pipeline {
         (header, payload)
     }
 
-    /// Offers every message whose turn has come, in capture order.
+    /// Offers every message whose turn has come, in capture order; frames
+    /// encoded ahead go to the ring instead.
     fn release(&mut self) {
         while let Some(message) = self.encoder.next_ready(&mut self.spares) {
-            self.offer(message);
+            let ticket = self.back_from_encoder;
+            self.back_from_encoder += 1;
+            if self.pre_event.claims(ticket) {
+                self.pre_event.file_encoded(message, &self.pool);
+            } else {
+                self.offer(message);
+            }
         }
     }
 
