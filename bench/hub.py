@@ -162,10 +162,47 @@ def stop_and_account(proc, before):
     return usage.ru_utime + usage.ru_stime - before
 
 
-def ingest_once(args, kind, where, fps):
+class FreshDisk:
+    """A new ext4 file system for one run, on a loop device over an image
+    file on the real disk (direct I/O: writes and fsyncs reach the disk).
+    Why: ext4 skips inodes deleted in the last minutes when it allocates
+    one (recently_deleted()), so a store made after the previous run's tens
+    of thousands of files were removed costs several times the CPU per file
+    the first run's did; and syncfs on a file system of its own waits for
+    the store's data only, not for whatever the machine's other jobs wrote.
+    A hub's store on its own disk or partition is the same."""
+
+    def __init__(self, args, port):
+        self.image = os.path.join(args.store, f"fs-{port}.img")
+        self.mount = os.path.join(args.store, f"mnt-{port}")
+        subprocess.run(["truncate", "-s", f"{args.store_fs_gb}G", self.image], check=True)
+        subprocess.run(["mkfs.ext4", "-q", "-F", self.image], check=True)
+        self.loop = subprocess.run(["losetup", "-f", "--show", "--direct-io=on", self.image], check=True, capture_output=True, text=True).stdout.strip()
+        os.makedirs(self.mount, exist_ok=True)
+        subprocess.run(["mount", self.loop, self.mount], check=True)
+
+    def close(self):
+        subprocess.run(["umount", self.mount], check=True)
+        subprocess.run(["losetup", "-d", self.loop], check=True)
+        os.rmdir(self.mount)
+        os.remove(self.image)
+
+
+def ingest_once(args, kind, where, fps, nodes):
     """One receiver under the load generator: figures, CPU seconds, files written."""
     port = free_port()
-    store = os.path.join(getattr(args, where), f"bench-hub-{port}") if where else None
+    disk = FreshDisk(args, port) if where == "store" and args.fresh_fs else None
+    try:
+        return ingest_run(args, kind, where, fps, nodes, port, disk)
+    finally:
+        if disk:
+            disk.close()
+
+
+def ingest_run(args, kind, where, fps, nodes, port, disk):
+    """The run itself, on `disk` when the store is on a fresh file system."""
+    base = disk.mount if disk else getattr(args, where) if where else None
+    store = os.path.join(base, f"bench-hub-{port}") if where else None
     save = ["--save", store] if store else []
     if kind == "camnode":
         proc = Proc([args.camnode, "hub", "--bind", f"tcp://127.0.0.1:{port}", *save])
@@ -174,12 +211,13 @@ def ingest_once(args, kind, where, fps):
         proc = Proc([args.python, RECEIVER, "--style", kind, "--port", str(port), *save], ready="READY")
     before = cpu_seconds(proc.pid)
     load = os.getloadavg()[0]
-    figures = loadgen(args, f"tcp://127.0.0.1:{port}", args.ingest_nodes, fps, args.seconds)
+    figures = loadgen(args, f"tcp://127.0.0.1:{port}", nodes, fps, args.seconds)
     cpu = stop_and_account(proc, before)
     files = 0
     if store:
         files = sum(1 for _, _, f in os.walk(store) for n in f if n.endswith(".jpg"))
-        shutil.rmtree(store)
+        if not disk:
+            shutil.rmtree(store)
     return figures, cpu, files, load
 
 
@@ -192,12 +230,12 @@ def ingest(args, workdir):
     what else the machine does falls on all of them alike; medians, with
     the range over the rounds and the load average at each start."""
     rows = []
-    paced_fps = args.ingest_rate / args.ingest_nodes
-    for mode, fps in [(f"paced {args.ingest_rate:.0f} msg/s", paced_fps), ("saturating", 0)]:
+    paced = (f"paced: {args.paced_nodes} cameras x {args.ingest_rate / args.paced_nodes:g} fps", args.paced_nodes, args.ingest_rate / args.paced_nodes)
+    for mode, nodes, fps in [paced, (f"saturating: {args.ingest_nodes} cameras", args.ingest_nodes, 0)]:
         runs = {name: [] for name, _, _ in INGEST_RECEIVERS}
         for round_ in range(args.rounds):
             for name, kind, where in INGEST_RECEIVERS:
-                figures, cpu, files, load = ingest_once(args, kind, where, fps)
+                figures, cpu, files, load = ingest_once(args, kind, where, fps, nodes)
                 run = {"msg_per_s": figures["msg_per_s"], "cpu_ms_per_msg": 1000 * cpu / max(figures["acked"], 1),
                        "p50_ms": figures["latency_ms_p50"], "p99_ms": figures["latency_ms_p99"], "acked": figures["acked"],
                        "files": files, "load": load}
@@ -349,6 +387,10 @@ def main():
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the ingest section (medians)")
     parser.add_argument("--ingest-nodes", type=int, default=64, help="cameras sending as fast as replies come, in the ingest and JetStream runs")
     parser.add_argument("--ingest-rate", type=float, default=2000, help="msg/s in all of the paced ingest runs (issue 21's target rate)")
+    parser.add_argument("--paced-nodes", type=int, default=200, help="cameras sharing --ingest-rate in the paced runs")
+    parser.add_argument("--fresh-fs", type=int, default=1 if os.geteuid() == 0 else 0,
+                        help="1: each disk run on a new ext4 file system in an image under --store (needs root; FreshDisk says why)")
+    parser.add_argument("--store-fs-gb", type=int, default=8, help="size of that file system (sparse)")
     parser.add_argument("--store", default=os.path.expanduser("~/.cache/camnode/bench-hub"),
                         help="where the receivers write (a real disk: the store fsyncs)")
     parser.add_argument("--tmpfs", default="/dev/shm", help="a memory file system, where fsync costs nothing")
