@@ -59,11 +59,12 @@ use crate::fleet::Fleet;
 use crate::hub::HubStatus;
 use crate::settings::read_secret;
 
-/// Least time between two updates of a live page, and so between two
-/// images of a tile: two a second keep a grid live, and halving it from four
-/// took the cost of three open pages to a hub taking 100 images/s from 17 %
-/// to 15 % more CPU per image (bench/console.py, docs/console.md).
-pub const PACE: Duration = Duration::from_millis(500);
+/// Least time between two updates of the live pages, and so between two
+/// images of a tile: once a second keeps a grid live, and the images the
+/// pages fetch are most of what open pages cost the hub (bench/console.py,
+/// docs/console.md: twice a second cost 3 pages on a hub taking 100
+/// images/s about 15 % more CPU per image).
+pub const PACE: Duration = Duration::from_secs(1);
 /// Most time between two updates: ages and staleness move on without news.
 pub const IDLE: Duration = Duration::from_secs(2);
 /// Timeline events a page gets when it opens.
