@@ -10,7 +10,7 @@
 //! images the PUSH socket, the dispatch queue for workers, or JetStream.
 //! The node's `OK` goes out once the last of these took it (JetStream
 //! replies itself, once it acknowledged); when one of them is full the
-//! stage waits, the ingest queue fills, and the frontend stops reading.
+//! stage waits, and so the ingest thread stops reading.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
