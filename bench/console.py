@@ -6,7 +6,8 @@
    with the console and three headless Chromium pages open on it. Each
    hub's CPU time (utime + stime) over the same window is divided by the
    images it stored, and so is the CPU time of the console hub's `services`
-   thread alone (HTTP, server-sent events, images for the pages). Running
+   thread alone (HTTP, server-sent events, images for the pages) and of
+   each hub's `ingest` thread (where the console's observer runs). Running
    both at once on the same stream cancels what else the machine is doing
    at the time, which on a shared machine swings sequential runs by tens
    of percent. Target: the console hub at most 10 % above the plain one.
@@ -99,9 +100,11 @@ class Hub:
             wait_port(http_port)
 
     def sample(self):
-        """CPU seconds of the process and of its services thread, and images stored."""
+        """CPU seconds of the process, of its services thread and of its
+        ingest thread, and images stored."""
         pid = self.process.pid
-        return cpu_seconds(f"/proc/{pid}/stat"), cpu_seconds(thread_stat(pid, "services")), stored(self.save)
+        return (cpu_seconds(f"/proc/{pid}/stat"), cpu_seconds(thread_stat(pid, "services")), stored(self.save),
+                cpu_seconds(thread_stat(pid, "ingest")))
 
     def stop(self):
         self.process.send_signal(signal.SIGTERM)
@@ -129,7 +132,7 @@ def main():
     nodes = [subprocess.Popen([args.camnode, "run", "--source", "synthetic:640x480", "--rate", str(args.rate / 3), "--send", "all",
                                "--heartbeat", "5", "--name", name, "--mode", "pub", "--hub", f"tcp://127.0.0.1:{port}"],
                               stderr=subprocess.DEVNULL) for name, port in zip(("garage", "porch", "yard"), node_ports)]
-    results = {"plain": [], "console": [], "services": [], "rate": [], "shown_per_s": []}
+    results = {"plain": [], "console": [], "services": [], "ingest_plain": [], "ingest_console": [], "rate": [], "shown_per_s": []}
     hubs, pages, memory = [], [], []
     try:
         for round_ in range(args.rounds):
@@ -140,16 +143,19 @@ def main():
             time.sleep(args.seconds)
             after, loads1, t1 = [h.sample() for h in hubs], sum(p.execute_script(LOADS) for p in pages), time.time()
             close(pages)
-            (plain_ms, _, plain_images), (console_ms, services_ms, console_images) = [
-                (1000 * (a[0] - b[0]) / max(a[2] - b[2], 1), 1000 * (a[1] - b[1]) / max(a[2] - b[2], 1), a[2] - b[2]) for b, a in zip(before, after)
+            (plain_ms, _, plain_images, plain_ingest), (console_ms, services_ms, console_images, console_ingest) = [
+                (1000 * (a[0] - b[0]) / max(a[2] - b[2], 1), 1000 * (a[1] - b[1]) / max(a[2] - b[2], 1), a[2] - b[2],
+                 1000 * (a[3] - b[3]) / max(a[2] - b[2], 1)) for b, a in zip(before, after)
             ]
             while hubs:
                 hubs.pop().stop()
             rate, shown = plain_images / (t1 - t0), (loads1 - loads0) / (t1 - t0) / args.browsers
             print(f"round {round_ + 1}: plain {plain_ms:.3f} ms CPU per image ({plain_images} images, {rate:.1f}/s); console {console_ms:.3f} "
-                  f"({console_images} images; {services_ms:.3f} in the services thread), {args.browsers} pages each showing {shown:.1f} images/s, "
+                  f"({console_images} images; {services_ms:.3f} in the services thread), ingest threads {plain_ingest:.3f} and {console_ingest:.3f}, "
+                  f"{args.browsers} pages each showing {shown:.1f} images/s, "
                   f"{100 * (console_ms / plain_ms - 1):+.1f} %", flush=True)
-            for key, value in (("plain", plain_ms), ("console", console_ms), ("services", services_ms), ("rate", rate), ("shown_per_s", shown)):
+            for key, value in (("plain", plain_ms), ("console", console_ms), ("services", services_ms), ("ingest_plain", plain_ingest),
+                               ("ingest_console", console_ingest), ("rate", rate), ("shown_per_s", shown)):
                 results[key].append(value)
 
         if args.minutes > 0:
@@ -180,6 +186,8 @@ def main():
             "console_ms_per_image": round(console, 3),
             "console_over_plain_percent": round(100 * (console / plain - 1), 1),
             "services_thread_ms_per_image": round(statistics.median(results["services"]), 3),
+            "ingest_thread_ms_per_image": {"plain": round(statistics.median(results["ingest_plain"]), 3),
+                                           "console": round(statistics.median(results["ingest_console"]), 3)},
             "images_shown_per_page_per_s": round(statistics.median(results["shown_per_s"]), 1),
             "rounds": {k: [round(v, 3) for v in vs] for k, vs in results.items()},
         })

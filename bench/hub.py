@@ -1,13 +1,18 @@
 """camnode hub's benchmark: measured in one run, side by side, on this machine.
 
 1. Ingest: `camnode hub --save` (every image written and fsynced, in group
-   commits, before OK) against an imagehub-style Python receiver
-   (imagezmq ImageHub + file write + reply, bench/imagehub_receiver.py),
-   each fed by the same load generator (bench/loadgen.rs: N simulated
-   cameras sending a 768x576 JPEG as fast as replies come). msg/s, and the
-   receiver's CPU per message (user + system time of its process). Each on
-   the disk and on tmpfs: on the disk, the fsynced store runs at what the
-   disk takes (measured too), so the tmpfs rows show the receivers' own cost.
+   commits, before OK) against two Python receivers built on the unchanged
+   imagezmq library (bench/imagehub_receiver.py): imagehub-style (the
+   structure of jeffbass/imagehub, what the target names) and a minimal
+   loop (a second baseline), each fed by the same load generator
+   (bench/loadgen.rs: N simulated cameras sending a 768x576 JPEG). Paced
+   at --ingest-rate msg/s, and saturating (as fast as replies come). msg/s,
+   the receiver's CPU per message (user + system time of its process,
+   children's threads included), files written per message acknowledged
+   (imagehub drops the oldest waiting image past 500), and the ratios of
+   the hub's CPU per message to each Python receiver's. Each on the disk
+   and on tmpfs: on the disk, the fsynced store runs at what the disk takes
+   (measured too), so the tmpfs rows show the receivers' own cost.
 2. Workers: 100 cameras x 5 fps straight into one ImageHub program that
    spends 5 ms per image, against `camnode hub --workers` with four such
    programs (tests/python/worker.py --delay 0.005), one of which is killed
@@ -30,6 +35,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -120,36 +126,135 @@ def disk_mb_per_s(directory):
     return 200 / took
 
 
-def ingest(args, workdir):
-    """Section 1: rows for the hub and the Python receiver, on the disk and on tmpfs."""
-    rows = []
-    receivers = [
-        ("camnode hub --save, disk (fsynced)", "camnode", args.store),
-        ("camnode hub --save, tmpfs", "camnode", args.tmpfs),
-        ("camnode hub, no store", "camnode", None),
-        ("imagehub-style Python, disk (no fsync)", "python", args.store),
-        ("imagehub-style Python, tmpfs", "python", args.tmpfs),
-    ]
-    for name, kind, where in receivers:
-        port = free_port()
-        store = os.path.join(where, f"bench-hub-{port}") if where else None
-        save = ["--save", store] if store else []
-        if kind == "camnode":
-            proc = Proc([args.camnode, "hub", "--bind", f"tcp://127.0.0.1:{port}", *save])
-        else:
-            proc = Proc([args.python, RECEIVER, "--port", str(port), *save], ready="READY")
+INGEST_RECEIVERS = [
+    # (label, kind, where: "store" = the disk, "tmpfs", None = no store)
+    ("camnode hub --save, disk (fsynced)", "camnode", "store"),
+    ("camnode hub --save, tmpfs", "camnode", "tmpfs"),
+    ("camnode hub, no store", "camnode", None),
+    ("imagehub-style Python, disk (no fsync)", "imagehub", "store"),
+    ("imagehub-style Python, tmpfs", "imagehub", "tmpfs"),
+    ("minimal Python loop, disk (no fsync)", "minimal", "store"),
+    ("minimal Python loop, tmpfs", "minimal", "tmpfs"),
+]
+
+# The ratios the target names: the fsynced hub's CPU per message over each
+# Python receiver's on the same disk (which does not fsync).
+RATIOS = [("camnode hub --save, disk (fsynced)", "imagehub-style Python, disk (no fsync)"),
+          ("camnode hub --save, disk (fsynced)", "minimal Python loop, disk (no fsync)")]
+
+
+def stop_and_account(proc, before):
+    """SIGTERM, then the CPU of the whole life of the process (os.wait4), so
+    that what a receiver still writes after the last reply (imagehub's
+    queue) counts too; SIGKILL if it has not ended within 30 s."""
+    proc.p.send_signal(signal.SIGTERM)
+    deadline = time.time() + 30
+    while True:
+        pid, _, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.time() > deadline:
+            proc.p.kill()
+            _, _, usage = os.wait4(proc.pid, 0)
+            break
+        time.sleep(0.05)
+    proc.p.returncode = 0
+    return usage.ru_utime + usage.ru_stime - before
+
+
+class FreshDisk:
+    """A new ext4 file system for one run, on a loop device over an image
+    file on the real disk (direct I/O: writes and fsyncs reach the disk).
+    Why: ext4 skips inodes deleted in the last minutes when it allocates
+    one (recently_deleted()), so a store made after the previous run's tens
+    of thousands of files were removed costs several times the CPU per file
+    the first run's did; and syncfs on a file system of its own waits for
+    the store's data only, not for whatever the machine's other jobs wrote.
+    A hub's store on its own disk or partition is the same."""
+
+    def __init__(self, args, port):
+        self.image = os.path.join(args.store, f"fs-{port}.img")
+        self.mount = os.path.join(args.store, f"mnt-{port}")
+        subprocess.run(["truncate", "-s", f"{args.store_fs_gb}G", self.image], check=True)
+        subprocess.run(["mkfs.ext4", "-q", "-F", self.image], check=True)
+        self.loop = subprocess.run(["losetup", "-f", "--show", "--direct-io=on", self.image], check=True, capture_output=True, text=True).stdout.strip()
+        os.makedirs(self.mount, exist_ok=True)
+        subprocess.run(["mount", self.loop, self.mount], check=True)
+
+    def close(self):
+        subprocess.run(["umount", self.mount], check=True)
+        subprocess.run(["losetup", "-d", self.loop], check=True)
+        os.rmdir(self.mount)
+        os.remove(self.image)
+
+
+def ingest_once(args, kind, where, fps, nodes):
+    """One receiver under the load generator: figures, CPU seconds, files written."""
+    port = free_port()
+    disk = FreshDisk(args, port) if where == "store" and args.fresh_fs else None
+    try:
+        return ingest_run(args, kind, where, fps, nodes, port, disk)
+    finally:
+        if disk:
+            disk.close()
+
+
+def ingest_run(args, kind, where, fps, nodes, port, disk):
+    """The run itself, on `disk` when the store is on a fresh file system."""
+    base = disk.mount if disk else getattr(args, where) if where else None
+    store = os.path.join(base, f"bench-hub-{port}") if where else None
+    save = ["--save", store] if store else []
+    if kind == "camnode":
+        proc = Proc([args.camnode, "hub", "--bind", f"tcp://127.0.0.1:{port}", *save])
         time.sleep(0.5)
-        before = cpu_seconds(proc.pid)
-        figures = loadgen(args, f"tcp://127.0.0.1:{port}", args.ingest_nodes, 0, args.seconds)
-        cpu = cpu_seconds(proc.pid) - before
-        proc.stop()
-        files = 0
-        if store:
-            files = sum(1 for _, _, f in os.walk(store) for n in f if n.endswith(".jpg"))
+    else:
+        proc = Proc([args.python, RECEIVER, "--style", kind, "--port", str(port), *save], ready="READY")
+    before = cpu_seconds(proc.pid)
+    load = os.getloadavg()[0]
+    figures = loadgen(args, f"tcp://127.0.0.1:{port}", nodes, fps, args.seconds)
+    cpu = stop_and_account(proc, before)
+    files = 0
+    if store:
+        files = sum(1 for _, _, f in os.walk(store) for n in f if n.endswith(".jpg"))
+        if not disk:
             shutil.rmtree(store)
-        rows.append({"receiver": name, "msg_per_s": figures["msg_per_s"], "cpu_ms_per_msg": 1000 * cpu / max(figures["acked"], 1),
-                     "cpu_percent": 100 * cpu / args.seconds, "p50_ms": figures["latency_ms_p50"], "p99_ms": figures["latency_ms_p99"],
-                     "acked": figures["acked"], "files": files})
+    return figures, cpu, files, load
+
+
+def ingest(args, workdir):
+    """Section 1: the hub and the two Python receivers, on the disk and on
+    tmpfs, twice: paced (--ingest-rate msg/s in all, where every receiver
+    keeps up, so CPU per message compares the same work) and saturating
+    (cameras send as fast as replies come: the most each takes). In
+    --rounds interleaved rounds (every receiver once per round), so that
+    what else the machine does falls on all of them alike; medians, with
+    the range over the rounds and the load average at each start."""
+    rows = []
+    paced = (f"paced: {args.paced_nodes} cameras x {args.ingest_rate / args.paced_nodes:g} fps", args.paced_nodes, args.ingest_rate / args.paced_nodes)
+    for mode, nodes, fps in [paced, (f"saturating: {args.ingest_nodes} cameras", args.ingest_nodes, 0)]:
+        runs = {name: [] for name, _, _ in INGEST_RECEIVERS}
+        for round_ in range(args.rounds):
+            for name, kind, where in INGEST_RECEIVERS:
+                figures, cpu, files, load = ingest_once(args, kind, where, fps, nodes)
+                run = {"msg_per_s": figures["msg_per_s"], "cpu_ms_per_msg": 1000 * cpu / max(figures["acked"], 1),
+                       "p50_ms": figures["latency_ms_p50"], "p99_ms": figures["latency_ms_p99"], "acked": figures["acked"],
+                       "files": files, "load": load}
+                runs[name].append(run)
+                print(f"{mode}, round {round_ + 1}: {name}: {run['msg_per_s']:.0f} msg/s, {run['cpu_ms_per_msg']:.3f} ms CPU/msg, "
+                      f"{files} files of {run['acked']} acked, load {load:.1f}", file=sys.stderr, flush=True)
+        medians = {}
+        for name, kind, where in INGEST_RECEIVERS:
+            r = runs[name]
+            med = lambda k: statistics.median(x[k] for x in r)
+            span = lambda k, f: f"{min(x[k] for x in r):{f}}-{max(x[k] for x in r):{f}}"
+            medians[name] = med("cpu_ms_per_msg")
+            rows.append({"load": mode, "receiver": name, "msg_per_s": round(med("msg_per_s")), "msg_per_s_range": span("msg_per_s", ".0f"),
+                         "cpu_ms_per_msg": round(med("cpu_ms_per_msg"), 3), "cpu_range": span("cpu_ms_per_msg", ".3f"),
+                         "p50_ms": med("p50_ms"), "p99_ms": med("p99_ms"),
+                         "files_per_acked": f"{sum(x['files'] for x in r)}/{sum(x['acked'] for x in r)}" if where else "",
+                         "load_avg": span("load", ".1f"), "runs": r})
+        for hub, python in RATIOS:
+            rows.append({"load": mode, "receiver": f"ratio: {hub} / {python}", "cpu_ms_per_msg": round(medians[hub] / medians[python], 2)})
     rows.append({"receiver": f"(the disk itself: dd-like 200 MB + fdatasync = {disk_mb_per_s(args.store):.0f} MB/s)"})
     return rows
 
@@ -263,9 +368,9 @@ def nats(args, workdir):
 
 
 def table(rows):
-    keys = list(rows[0].keys())
+    keys = [k for k in rows[0] if k != "runs"]
     for row in rows[1:]:
-        keys += [k for k in row if k not in keys]
+        keys += [k for k in row if k not in keys and k != "runs"]
     fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else str(v)
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(fmt(r.get(k, "")) for k in keys) + " |" for r in rows]
@@ -279,7 +384,13 @@ def main():
     parser.add_argument("--jpeg", required=True, help="the JPEG the cameras send")
     parser.add_argument("--python", default=sys.executable)
     parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the ingest section (medians)")
     parser.add_argument("--ingest-nodes", type=int, default=64, help="cameras sending as fast as replies come, in the ingest and JetStream runs")
+    parser.add_argument("--ingest-rate", type=float, default=2000, help="msg/s in all of the paced ingest runs (issue 21's target rate)")
+    parser.add_argument("--paced-nodes", type=int, default=200, help="cameras sharing --ingest-rate in the paced runs")
+    parser.add_argument("--fresh-fs", type=int, default=1 if os.geteuid() == 0 else 0,
+                        help="1: each disk run on a new ext4 file system in an image under --store (needs root; FreshDisk says why)")
+    parser.add_argument("--store-fs-gb", type=int, default=8, help="size of that file system (sparse)")
     parser.add_argument("--store", default=os.path.expanduser("~/.cache/camnode/bench-hub"),
                         help="where the receivers write (a real disk: the store fsyncs)")
     parser.add_argument("--tmpfs", default="/dev/shm", help="a memory file system, where fsync costs nothing")

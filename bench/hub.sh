@@ -9,7 +9,7 @@
 #     bench/hub.sh --only ingest,workers  # some sections
 #     bench/hub.sh --out hub-bench.md     # also keep the tables (and raw .json)
 #
-# The cameras send /work/shared/footage/vtest/1.jpg (67 KB, 768x576) when
+# The cameras send /work/shared/footage/vtest/1.jpg (64 KB, 768x576) when
 # that footage is there, else a 768x576 picture made here.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -23,7 +23,9 @@ source scripts/lib.sh
 bash scripts/setup.sh nats-server
 cargo build --release --locked --features nats --bin camnode --example loadgen >&2
 py=$(bash scripts/python-env.sh)
+# The footage sits beside the main checkout, two levels up from a worktree.
 jpeg=$repo/../shared/footage/vtest/1.jpg
+[[ -f $jpeg ]] || jpeg=$repo/../../shared/footage/vtest/1.jpg
 if [[ ! -f $jpeg ]]; then
     jpeg=$cache/bench-hub-768x576.jpg
     # A detailed 768x576 picture of about the same size as the footage's.

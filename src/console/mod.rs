@@ -51,6 +51,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::stream::Stream;
+use tokio::sync::watch;
 
 pub use config::ConsoleConfig;
 
@@ -58,11 +59,12 @@ use crate::fleet::Fleet;
 use crate::hub::HubStatus;
 use crate::settings::read_secret;
 
-/// Least time between two updates of a live page, and so between two
-/// images of a tile: two a second keep a grid live, and halving it from four
-/// took the cost of three open pages to a hub taking 100 images/s from 17 %
-/// to 15 % more CPU per image (bench/console.py, docs/console.md).
-pub const PACE: Duration = Duration::from_millis(500);
+/// Least time between two updates of the live pages, and so between two
+/// images of a tile: once a second keeps a grid live, and the images the
+/// pages fetch are most of what open pages cost the hub (bench/console.py,
+/// docs/console.md: twice a second cost 3 pages on a hub taking 100
+/// images/s about 15 % more CPU per image).
+pub const PACE: Duration = Duration::from_secs(1);
 /// Most time between two updates: ages and staleness move on without news.
 pub const IDLE: Duration = Duration::from_secs(2);
 /// Timeline events a page gets when it opens.
@@ -77,6 +79,19 @@ struct App {
     fleet: Arc<Fleet>,
     hub: Arc<HubStatus>,
     token: Option<String>,
+    /// The latest update for live pages, made once for all of them ([`pace`]).
+    updates: watch::Sender<Arc<Update>>,
+}
+
+/// One update of the live pages, serialised once however many are open.
+#[derive(Default)]
+struct Update {
+    /// It carries every event after this id (and no older one)...
+    after: u64,
+    /// ...up to this one.
+    newest: u64,
+    /// The [`Snapshot`](crate::fleet::Snapshot), as JSON.
+    json: String,
 }
 
 /// A console bound to its address, to be served on the services' runtime.
@@ -97,7 +112,8 @@ impl Console {
         let listener = std::net::TcpListener::bind(http.as_str())
             .with_context(|| format!("cannot serve the console on [console] http = {http:?}: is the port in use? choose another with --http HOST:PORT"))?;
         listener.set_nonblocking(true)?;
-        Ok(Some(Console { listener, app: Arc::new(App { fleet, hub, token }) }))
+        let updates = watch::channel(Arc::default()).0;
+        Ok(Some(Console { listener, app: Arc::new(App { fleet, hub, token, updates }) }))
     }
 
     /// Where it is served (with the port the system chose for port 0).
@@ -112,6 +128,7 @@ impl Console {
             Ok(listener) => listener,
             Err(e) => return log::error!("the console cannot serve on {address}: {e}"),
         };
+        tokio::spawn(pace(self.app.clone()));
         if let Err(e) = axum::serve(listener, router(self.app)).await {
             log::error!("the console on {address} stopped: {e}");
         }
@@ -141,28 +158,65 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
     ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()
 }
 
-/// The fleet, pushed: now, with the latest [`FIRST_EVENTS`] events, then
-/// after each change (no sooner than [`PACE`] after the last push, and no
-/// later than [`IDLE`]) with the events since, and the last [`RESENT`] again:
-/// an event's image is chosen while the event lasts.
-async fn live(State(app): State<Arc<App>>) -> Sse<impl Stream<Item = Result<Event, axum::Error>>> {
-    let changes = app.fleet.subscribe();
-    let updates = futures_util::stream::unfold((app, changes, None), |(app, mut changes, newest): (Arc<App>, _, Option<u64>)| async move {
-        if newest.is_some() {
-            tokio::time::sleep(PACE).await;
-            // Either a change or the idle time: both end in an update.
-            let _ = tokio::time::timeout(IDLE - PACE, changes.changed()).await;
-        }
+/// Makes the live pages' updates: after each change (no sooner than
+/// [`PACE`] after the last one, and no later than [`IDLE`]), while a page is
+/// open, the fleet with the events since the last update and the last
+/// [`RESENT`] again (an event's image is chosen while the event lasts).
+/// One snapshot and one serialisation per update for all pages: with
+/// pages made their own, each page cost its own every half second.
+async fn pace(app: Arc<App>) {
+    let mut changes = app.fleet.subscribe();
+    let mut newest = app.fleet.last_event();
+    loop {
+        tokio::time::sleep(PACE).await;
+        // Either a change or the idle time: both end in an update.
+        let _ = tokio::time::timeout(IDLE - PACE, changes.changed()).await;
         changes.borrow_and_update();
-        let snapshot = match newest {
-            Some(newest) => app.fleet.snapshot(newest.saturating_sub(RESENT), usize::MAX),
-            None => app.fleet.snapshot(0, FIRST_EVENTS),
+        if app.updates.receiver_count() == 0 {
+            // No page: each new one starts from a snapshot of its own.
+            newest = app.fleet.last_event();
+            continue;
+        }
+        let after = newest.saturating_sub(RESENT);
+        let snapshot = app.fleet.snapshot(after, usize::MAX);
+        newest = snapshot.events.last().map_or(newest, |e| e.id);
+        match serde_json::to_string(&snapshot) {
+            Ok(json) => {
+                app.updates.send_replace(Arc::new(Update { after, newest, json }));
+            }
+            Err(e) => log::warn!("the console's update could not be serialised: {e}"),
+        }
+    }
+}
+
+/// The fleet, pushed: now, with the latest [`FIRST_EVENTS`] events, then
+/// each update [`pace`] makes. A page that missed events (its stream was
+/// not read while updates went by) gets a snapshot of its own instead, with
+/// the events since the last one it had.
+async fn live(State(app): State<Arc<App>>) -> Sse<impl Stream<Item = Result<Event, axum::Error>>> {
+    let updates = app.updates.subscribe();
+    let stream = futures_util::stream::unfold((app, updates, None), |(app, mut updates, seen): (Arc<App>, _, Option<u64>)| async move {
+        let (event, newest) = match seen {
+            Some(seen) => {
+                updates.changed().await.ok()?;
+                let update = updates.borrow_and_update().clone();
+                if update.after <= seen {
+                    (Ok(Event::default().event("fleet").data(&update.json)), update.newest.max(seen))
+                } else {
+                    let snapshot = app.fleet.snapshot(seen.saturating_sub(RESENT), usize::MAX);
+                    let newest = snapshot.events.last().map_or(seen, |e| e.id);
+                    (Event::default().event("fleet").json_data(&snapshot), newest)
+                }
+            }
+            None => {
+                let snapshot = app.fleet.snapshot(0, FIRST_EVENTS);
+                let newest = snapshot.events.last().map_or(0, |e| e.id);
+                (Event::default().event("fleet").json_data(&snapshot), newest)
+            }
         };
-        let newest = snapshot.events.last().map_or(newest.unwrap_or(0), |e| e.id);
-        let event = Event::default().event("fleet").json_data(&snapshot);
-        Some((event, (app, changes, Some(newest))))
+        Some((event, (app, updates, Some(newest))))
     });
-    Sse::new(updates)
+    Sse::new(stream)
 }
 
 async fn node(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {

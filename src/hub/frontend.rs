@@ -1,4 +1,5 @@
-//! The frontend: the socket nodes talk to, on a thread of its own.
+//! The frontend: the socket nodes talk to, and the loop of the hub's
+//! ingest thread, which reads, checks, stores and answers.
 //!
 //! For REQ nodes it binds a ROUTER, so that it serves many nodes at once
 //! instead of one REP in lock step: each request arrives with the routing id
@@ -7,18 +8,30 @@
 //! time, so the hub holds at most one message per node it has not
 //! answered. For PUB nodes it connects a SUB socket; nothing is answered.
 //!
-//! Each message is checked here ([`inspect`](super::inspect)): a malformed
-//! one is answered `OK` at once (sending it again cannot help) with one
-//! warning, and goes no further. Valid ones go to the store stage through
-//! the bounded ingest queue. When that queue is full the frontend stops
-//! reading: the next requests wait in ZeroMQ and TCP, the nodes' replies
-//! are late, and their event frames go to their spools, but nothing the hub
-//! acknowledged is dropped. Replies come back from the store stage (or
-//! JetStream) through [`Replies`] and go out on the same thread, since a
-//! ZeroMQ socket belongs to one thread.
+//! After each wake-up the loop reads every message that waits, up to
+//! [`READ_BATCH`], and checks each ([`inspect`](super::inspect)): a
+//! malformed one is answered `OK` at once (sending it again cannot help)
+//! with one warning, and goes no further. The valid ones are one batch for
+//! the [`Stage`]: stored and fsynced in one group commit, handed on, and
+//! answered, all on this thread, before the loop reads again. Messages that
+//! come meanwhile (while a batch syncs, say) wait in ZeroMQ's queues, one
+//! per REQ node at most, and make the next batch; when a downstream is full
+//! the stage waits, so the loop stops reading: the next requests wait in
+//! ZeroMQ and TCP, the nodes' replies are late, and their event frames go to
+//! their spools, but nothing the hub acknowledged is dropped.
+//!
+//! Why one thread: a hand-over between threads costs a wake-up, a system
+//! call and a context switch on each side, and with a frontend thread and a
+//! store thread a message crossed three (to the store, back with its reply,
+//! on to ZeroMQ's I/O thread); at moderate rates, where no batch forms,
+//! those wake-ups cost more than the hub's own work on a message
+//! (docs/hub.md, "Where the CPU goes"). Replies that come from another
+//! thread (JetStream's acknowledgements) come through [`Replies`] and an
+//! eventfd the loop polls beside the socket, since a ZeroMQ socket belongs
+//! to one thread.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -27,11 +40,12 @@ use log::{debug, warn};
 
 use super::inspect::{inspect, Incoming};
 use super::status::{bump, HubStatus};
+use super::store::Stage;
 use super::wake::Wake;
 use crate::transport::security::Curve;
 use crate::transport::Mode;
 
-/// A checked message on its way to the store, with whom to answer.
+/// A checked message of a batch for the stage, with whom to answer.
 pub(crate) struct Ingested {
     pub incoming: Incoming,
     /// The node's routing id (REQ); `None` for PUB nodes.
@@ -45,7 +59,8 @@ const OK: &[u8] = b"OK";
 /// The reply that tells it to send the message again later.
 const NOT_STORED: &[u8] = b"ERROR: not stored";
 
-/// Where the stages send the nodes' replies; cheap to clone, usable from any thread.
+/// Where another thread (JetStream's) sends the nodes' replies; cheap to
+/// clone. The stage on the ingest thread answers directly instead.
 #[derive(Clone)]
 pub(crate) struct Replies {
     tx: mpsc::Sender<(Bytes, bool)>,
@@ -81,6 +96,21 @@ const TICK_MS: i64 = 100;
 
 /// Largest frame a header may be: far more than any real header; a larger one is malformed.
 const MAX_HEADER: usize = 1 << 20;
+
+/// Messages read after one wake-up at most, and so in one group commit:
+/// more than the nodes of a large fleet send at once, and a bound on what
+/// the hub holds (a batch, and what waits in ZeroMQ's queues).
+const READ_BATCH: usize = 256;
+
+/// What one read from the socket gave.
+enum Read {
+    /// A valid message, for the store.
+    Message(Ingested),
+    /// A malformed message, answered and dropped here.
+    Dropped,
+    /// Nothing waits.
+    Empty,
+}
 
 impl Frontend {
     /// Binds (REQ nodes) or connects (PUB nodes), so an address problem fails at start.
@@ -133,33 +163,18 @@ impl Frontend {
         Ok((frontend, Replies { tx, wake }))
     }
 
-    /// Reads until finished, feeding `ingest`; then answers what the stages
-    /// still settle until every [`Replies`] is gone.
-    pub fn run(self, ingest: SyncSender<Ingested>) {
-        let mut ingest = Some(ingest);
-        // A message read while the ingest queue was full: it goes first.
-        let mut held: Option<Ingested> = None;
+    /// Reads, stores and answers until finished; then, with the stage
+    /// closed (so JetStream can finish), answers what JetStream still
+    /// acknowledges until every [`Replies`] is gone.
+    pub fn run(self, stage: Stage) {
+        let mut stage = Some(stage);
         loop {
             if self.finish.load(Ordering::Relaxed) {
-                // Closing the queue lets the store finish its last batch; a
-                // message held back is not answered, so its node sends it again.
-                ingest = None;
-                if held.take().is_some() {
-                    self.status.ingest_depth.fetch_sub(1, Ordering::Relaxed);
-                }
+                stage = None;
             }
-            if let (Some(tx), Some(item)) = (&ingest, held.take()) {
-                match tx.try_send(item) {
-                    Ok(()) => {}
-                    Err(TrySendError::Full(item)) => held = Some(item),
-                    Err(TrySendError::Disconnected(_)) => ingest = None,
-                }
-            }
-            let reading = ingest.is_some() && held.is_none() && self.below_count();
+            let reading = stage.is_some() && self.below_count();
             let mut items = [self.socket.as_poll_item(if reading { zmq::POLLIN } else { zmq::PollEvents::empty() }), self.wake.poll_item()];
-            // While held, look again soon: the store takes a batch at a time.
-            let timeout = if held.is_some() { 5 } else { TICK_MS };
-            match zmq::poll(&mut items, timeout) {
+            match zmq::poll(&mut items, TICK_MS) {
                 Ok(_) | Err(zmq::Error::EINTR) => {}
                 Err(e) => {
                     warn!("the hub's frontend failed: {e}");
@@ -170,21 +185,40 @@ impl Frontend {
             if woken {
                 self.wake.clear();
             }
-            if !self.answer() && ingest.is_none() {
-                // Every stage is done and has nothing more to answer.
+            if !self.answer() && stage.is_none() {
+                // The stage is closed and nothing else can answer.
                 return;
             }
-            if readable && reading {
-                held = self.read();
+            if let (Some(stage), true) = (&mut stage, readable && reading) {
+                let batch = self.read_batch();
+                if !batch.is_empty() {
+                    stage.take(batch, &mut |to, ok| self.reply(&to, if ok { OK } else { NOT_STORED }));
+                }
             }
         }
     }
 
+    /// Reads what waits, up to [`READ_BATCH`] messages and within `--count`.
+    fn read_batch(&self) -> Vec<Ingested> {
+        let mut batch = Vec::new();
+        while batch.len() < READ_BATCH && self.below_count_with(batch.len()) {
+            match self.read() {
+                Read::Message(message) => batch.push(message),
+                Read::Dropped => {}
+                Read::Empty => break,
+            }
+        }
+        batch
+    }
+
     /// Whether reading one more message can stay within `--count`.
     fn below_count(&self) -> bool {
-        self.count.map_or(true, |count| {
-            self.status.messages.load(Ordering::Relaxed) + self.status.ingest_depth.load(Ordering::Relaxed) < count
-        })
+        self.below_count_with(0)
+    }
+
+    /// The same with `pending` messages read and not yet accepted.
+    fn below_count_with(&self, pending: usize) -> bool {
+        self.count.map_or(true, |count| self.status.messages.load(Ordering::Relaxed) + (pending as u64) < count)
     }
 
     /// Sends the replies waiting; false once no stage can send more.
@@ -210,18 +244,17 @@ impl Frontend {
         }
     }
 
-    /// Reads one message; returns it checked, or `None` when it was
-    /// malformed (and answered) or nothing was there.
-    fn read(&self) -> Option<Ingested> {
+    /// Reads one message, if one waits, and checks it.
+    fn read(&self) -> Read {
         let mut frames = Vec::with_capacity(4);
         loop {
             let mut part = zmq::Message::new();
             match self.socket.recv(&mut part, zmq::DONTWAIT) {
                 Ok(()) => {}
-                Err(zmq::Error::EAGAIN) => return None,
+                Err(zmq::Error::EAGAIN) => return Read::Empty,
                 Err(e) => {
                     debug!("receive failed: {e}");
-                    return None;
+                    return Read::Empty;
                 }
             }
             let more = part.get_more();
@@ -240,7 +273,7 @@ impl Frontend {
                 } else {
                     bump(&self.status.bad);
                     warn!("dropped a message without a REQ envelope: only REQ sockets may send to this hub");
-                    return None;
+                    return Read::Dropped;
                 }
                 Some(to)
             }
@@ -250,22 +283,19 @@ impl Frontend {
             return self.malformed(reply_to, &format!("its {}-byte header is longer than any imagezmq header", frames[0].len()));
         }
         match inspect(frames) {
-            Ok(incoming) => {
-                self.status.ingest_depth.fetch_add(1, Ordering::Relaxed);
-                Some(Ingested { incoming, reply_to, received })
-            }
+            Ok(incoming) => Read::Message(Ingested { incoming, reply_to, received }),
             Err(reason) => self.malformed(reply_to, &reason),
         }
     }
 
     /// Answers and drops a malformed message, with one warning.
-    fn malformed(&self, reply_to: Option<Bytes>, reason: &str) -> Option<Ingested> {
+    fn malformed(&self, reply_to: Option<Bytes>, reason: &str) -> Read {
         bump(&self.status.bad);
         warn!("dropped a message: {reason}");
         if let Some(to) = reply_to {
             self.reply(&to, OK);
         }
-        None
+        Read::Dropped
     }
 }
 

@@ -6,29 +6,29 @@
 //! # One message's path
 //!
 //! A node's REQ socket sends two frames, a JSON header and a JPEG. The
-//! [`frontend`] thread reads them from its ROUTER socket (many nodes at
-//! once, each remembered by its routing id), checks them ([`inspect`]:
-//! a malformed message is answered and dropped here, with one warning), and
-//! puts the message into the bounded ingest queue. The [`store`] thread
-//! takes what waits there as one batch, drops repeats, writes the images
-//! and the event log (`--save`) and fsyncs the batch in one group commit.
-//! Each message then goes to the observers ([`observe`]: console, metrics,
-//! MQTT), to PUB subscribers ([`fanout`], `--publish`), and, if it is an
-//! image, to one PULL peer (`--push`), to the [`dispatch`] queue for the
-//! [`workers`] (`--workers`), or to JetStream (`--nats`). When the last of
-//! these has it, the node's `OK` travels back through the frontend; that is
-//! when the node forgets it. The dispatcher hands the image to the free
+//! hub's ingest thread runs the [`frontend`]: it reads them from its ROUTER
+//! socket (many nodes at once, each remembered by its routing id), with
+//! every other message that waits, and checks each ([`inspect`]: a malformed
+//! message is answered and dropped here, with one warning). The valid ones
+//! are one batch for the [`store`] stage, on the same thread: it drops
+//! repeats, writes the images and the event log (`--save`) and fsyncs the
+//! batch in one group commit. Each message then goes to the observers
+//! ([`observe`]: console, metrics, MQTT), to PUB subscribers ([`fanout`],
+//! `--publish`), and, if it is an image, to one PULL peer (`--push`), to the
+//! [`dispatch`] queue for the [`workers`] (`--workers`), or to JetStream
+//! (`--nats`). When the last of these has it, the node's `OK` goes out; that
+//! is when the node forgets it. The dispatcher hands the image to the free
 //! worker that waited longest and takes it back if the worker dies or
 //! hangs. A dispatcher on another machine (`--from-nats`) takes images out
 //! of JetStream into its own dispatch queue and acknowledges each to
 //! JetStream once a worker replied.
 //!
 //! ```text
-//!  nodes (REQ) ──► frontend ──ingest queue──► store ──► observers, PUB (--publish)
-//!      ▲          (ROUTER,        (bounded)   (dedupe,        │ images
-//!      └── OK ────  check)  ◄──── replies ─── fsync batch)    ├──► PUSH (--push) ──► PULL peers
-//!                                    ▲                         ├──► dispatch queue ──► workers (REP)
-//!                                    └──── JetStream ack ◄─────┴──► JetStream (--nats)
+//!  nodes (REQ) ──► frontend ──batch──► store ──► observers, PUB (--publish)
+//!      ▲          (ROUTER,            (dedupe,         │ images
+//!      └── OK ────  check)  ◄──────── fsync batch)     ├──► PUSH (--push) ──► PULL peers
+//!                    ▲     (one thread)                ├──► dispatch queue ──► workers (REP)
+//!                    └──── JetStream ack ◄─────────────┴──► JetStream (--nats)
 //!  JetStream ──► (--from-nats) dispatch queue ──► workers ──► ack to JetStream
 //! ```
 //!
@@ -39,14 +39,14 @@
 //! the PUSH socket, JetStream's acknowledgement. Without `--save`, an image
 //! acknowledged into the dispatch queue lives only in the hub's memory
 //! until a worker answers: a crashed hub loses it. When a downstream is
-//! full, the store waits, the ingest queue fills and the frontend stops
-//! reading: nodes wait for their replies (and spool events) instead of the
-//! hub dropping anything it acknowledged. Delivery from nodes is
+//! full, the stage waits, and so the frontend stops reading: nodes wait
+//! for their replies (and spool events) instead of the hub dropping
+//! anything it acknowledged. Delivery from nodes is
 //! at-least-once; the store drops repeats by node, boot and sequence number.
 //!
 //! The rest: [`config`] is the `[hub]` section, [`status`] the live figures
 //! (`HubStatus`), [`wake`] the eventfd that lets plain threads wake a
-//! thread waiting on ZeroMQ sockets.
+//! thread waiting on ZeroMQ sockets (JetStream's replies, the dispatcher).
 
 pub mod config;
 pub mod dispatch;
@@ -137,7 +137,6 @@ pub struct Hub {
     /// Everything stops at once (a signal).
     stop: Arc<AtomicBool>,
     frontend: Option<JoinHandle<()>>,
-    stage: Option<JoinHandle<()>>,
     pool: Option<Pool>,
     #[cfg(feature = "nats")]
     nats: Vec<nats::Nats>,
@@ -212,12 +211,13 @@ impl Hub {
         }
         let store = Store::open(config.save.as_deref())?;
         let per_node = store.per_node.clone();
-        let (ingest_tx, ingest_rx) = mpsc::sync_channel(INGEST_QUEUE);
         let (received_tx, received) = mpsc::channel();
         let received_tx = records.then_some(received_tx);
-        let stage = Stage { store, outlets, input: ingest_rx, replies, received: received_tx, status: status.clone(), stop: stop.clone() };
-        let stage = std::thread::Builder::new().name("store".into()).spawn(move || stage.run())?;
-        let frontend = std::thread::Builder::new().name("frontend".into()).spawn(move || frontend.run(ingest_tx))?;
+        let stage = Stage { store, outlets, received: received_tx, status: status.clone(), stop: stop.clone() };
+        // Only JetStream's producer keeps a sender: without it, the frontend
+        // knows once the stage closes that nothing else will answer.
+        drop(replies);
+        let frontend = std::thread::Builder::new().name("ingest".into()).spawn(move || frontend.run(stage))?;
         info!(
             "hub: {} {}, {} worker(s){}{}{}",
             if config.mode() == crate::transport::Mode::Req { "REQ nodes on" } else { "subscribed to" },
@@ -237,7 +237,6 @@ impl Hub {
             finish,
             stop,
             frontend: Some(frontend),
-            stage: Some(stage),
             pool,
             #[cfg(feature = "nats")]
             nats,
@@ -308,7 +307,7 @@ impl Hub {
         }
         self.finish.store(true, Ordering::Relaxed);
         // Signals reach the caller's flag; the hub's threads watch their own.
-        for thread in [self.frontend.take(), self.stage.take()].into_iter().flatten() {
+        if let Some(thread) = self.frontend.take() {
             wait_watching(|| thread.is_finished(), stop, &self.stop);
             let _ = thread.join();
         }
@@ -361,7 +360,7 @@ impl Drop for Hub {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         self.finish.store(true, Ordering::Relaxed);
-        for thread in [self.frontend.take(), self.stage.take()].into_iter().flatten() {
+        if let Some(thread) = self.frontend.take() {
             let _ = thread.join();
         }
         if let Some(pool) = self.pool.take() {
@@ -374,9 +373,6 @@ impl Drop for Hub {
         }
     }
 }
-
-/// Messages read from nodes that may wait for the store: a few batches.
-const INGEST_QUEUE: usize = 512;
 
 /// Waits for a hub thread to end, passing a caller's stop (a signal) on to
 /// the hub's threads meanwhile.

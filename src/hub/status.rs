@@ -15,7 +15,7 @@
 //! between two counters; each figure on its own is exact.
 //!
 //! Names follow the message's path through the hub (see [`super`]):
-//! received from nodes -> ingest queue -> stored (fsync batches) -> observers,
+//! received from nodes -> the ingest batch -> stored (fsync batches) -> observers,
 //! publish, push -> the dispatch queue -> workers; and JetStream on both ends.
 //! Worker figures are listed in the order of `--workers`.
 

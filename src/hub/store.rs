@@ -1,17 +1,16 @@
-//! The store stage: the one thread that decides a message is the hub's.
-//! It takes what the frontend read, in batches (everything that waits, up
-//! to `MAX_BATCH`), drops repeats, writes images and the event log
-//! (`--save`), and makes the whole batch durable in one group commit: each
-//! file's writeback is started as it is written and fsynced after the last,
-//! so the journal commits the batch once and the later fsyncs find their
-//! data on disk already. While one batch syncs, the next one queues, so the
-//! cost of durability per message falls as the load grows.
+//! The store stage, where the hub decides a message is its own. It takes
+//! each batch the frontend read (everything that waited, on the same
+//! thread: see [`frontend`](super::frontend) for why), drops repeats, writes
+//! images and the event log (`--save`), and makes the whole batch durable
+//! in one group commit: one `syncfs` for the batch's files, their folders
+//! and the log. While one batch syncs, the next one waits in ZeroMQ's
+//! queues, so the cost of durability per message falls as the load grows.
 //!
 //! Then, per message, in order: the observers, the PUB socket, and for
 //! images the PUSH socket, the dispatch queue for workers, or JetStream.
 //! The node's `OK` goes out once the last of these took it (JetStream
 //! replies itself, once it acknowledged); when one of them is full the
-//! stage waits, the ingest queue fills, and the frontend stops reading.
+//! stage waits, and so the ingest thread stops reading.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -19,9 +18,8 @@ use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
@@ -30,7 +28,7 @@ use serde::Serialize;
 
 use super::dispatch::{DispatchQueue, Work};
 use super::fanout::{canonical_header, Publisher, Pusher};
-use super::frontend::{Ingested, Replies};
+use super::frontend::Ingested;
 use super::inspect::{file_stem, quote, Incoming};
 use super::observe::{Accepted, Kind, Observer};
 use super::status::{bump, HubStatus};
@@ -57,9 +55,6 @@ pub struct Received {
 /// Messages per node in the summary; past this many nodes (names come from
 /// the network) the rest are counted under "(other)".
 const SUMMARY_NODES: usize = 10_000;
-
-/// Messages taken into one group commit at most.
-const MAX_BATCH: usize = 256;
 
 /// A downstream that answers the node itself once it has the message (JetStream).
 pub(crate) trait Forward: Send {
@@ -203,7 +198,11 @@ impl Store {
 
     fn count_node(&self, node: &str) {
         let mut per_node = self.per_node.lock().unwrap_or_else(|e| e.into_inner());
-        let key = if per_node.len() < SUMMARY_NODES || per_node.contains_key(node) { node } else { "(other)" };
+        if let Some(count) = per_node.get_mut(node) {
+            *count += 1;
+            return;
+        }
+        let key = if per_node.len() < SUMMARY_NODES { node } else { "(other)" };
         *per_node.entry(key.to_string()).or_default() += 1;
     }
 }
@@ -289,54 +288,50 @@ impl RecentIds {
     }
 }
 
-/// The store stage's thread: runs until the frontend closes the ingest
-/// queue (drain) or `stop`.
+/// The store stage, run by the frontend's loop one batch at a time; dropped
+/// when the hub finishes, which closes the JetStream outlet.
 pub(crate) struct Stage {
     pub store: Store,
     pub outlets: Outlets,
-    pub input: Receiver<Ingested>,
-    pub replies: Replies,
     /// Where a [`Received`] goes per accepted message, when someone reads them.
     pub received: Option<Sender<Received>>,
     pub status: Arc<HubStatus>,
     pub stop: Arc<AtomicBool>,
 }
 
+/// How the stage answers a node: its routing id, and `OK` (true) or that it must send again.
+pub(crate) type Answer<'a> = dyn FnMut(Bytes, bool) + 'a;
+
 impl Stage {
-    pub fn run(mut self) {
-        loop {
-            let first = match self.input.recv_timeout(Duration::from_millis(100)) {
-                Ok(item) => item,
-                Err(RecvTimeoutError::Timeout) if !self.stop.load(Ordering::Relaxed) => continue,
-                Err(_) => break,
-            };
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match self.input.try_recv() {
-                    Ok(item) => batch.push(item),
-                    Err(_) => break,
-                }
-            }
-            let fates = self.store.commit(&batch, &self.status);
-            for (item, fate) in batch.into_iter().zip(fates) {
-                self.settle(item, fate);
-                self.status.ingest_depth.fetch_sub(1, Ordering::Relaxed);
-            }
+    /// Stores a batch in one group commit, hands each message on, and
+    /// answers each node through `answer` as soon as its message is safe.
+    pub fn take(&mut self, batch: Vec<Ingested>, answer: &mut Answer<'_>) {
+        let count = batch.len() as u64;
+        self.status.ingest_depth.fetch_add(count, Ordering::Relaxed);
+        let fates = self.store.commit(&batch, &self.status);
+        for (item, fate) in batch.into_iter().zip(fates) {
+            self.settle(item, fate, answer);
+            self.status.ingest_depth.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
     /// Hands one message on and answers its node.
-    fn settle(&mut self, item: Ingested, fate: Fate) {
+    fn settle(&mut self, item: Ingested, fate: Fate, answer: &mut Answer<'_>) {
         let Ingested { incoming: m, reply_to, received } = item;
+        let reply = |answer: &mut Answer<'_>, ok| {
+            if let Some(to) = reply_to.clone() {
+                answer(to, ok);
+            }
+        };
         let path = match fate {
             Fate::Repeat => {
                 bump(&self.status.duplicates);
-                self.replies.send(reply_to, true);
+                reply(answer, true);
                 return;
             }
             Fate::Refused => {
                 bump(&self.status.refused);
-                self.replies.send(reply_to, false);
+                reply(answer, false);
                 return;
             }
             Fate::Kept(path) => path,
@@ -367,11 +362,11 @@ impl Stage {
         self.account(&m, received, path);
         match (&self.outlets.forward, m.is_image()) {
             (Some(forward), true) => {
-                if !forward.forward(&m, reply_to, stop) {
+                if !forward.forward(&m, reply_to.clone(), stop) {
                     warn!("stopping: {} was not handed to JetStream and not acknowledged", quote(&m.header.msg));
                 }
             }
-            _ => self.replies.send(reply_to, true),
+            _ => reply(answer, true),
         }
     }
 

@@ -1,6 +1,6 @@
 // camnode console: plain JavaScript, no build step, no dependencies.
 //
-// The hub pushes the fleet as server-sent events (/api/live) at most twice
+// The hub pushes the fleet as server-sent events (/api/live) at most once
 // a second; each tile on screen fetches its view's latest image when the
 // fleet says there is a newer one and the last fetch has finished, so a
 // slow browser simply sees fewer frames, and a hidden page or a tile
