@@ -61,3 +61,20 @@ armhf_sysroot() {
     # (libcamera.sh, cross.sh) ask it again, answers with this one.
     export CAMNODE_ARMHF_SYSROOT=$armhf_root
 }
+
+# Lets the kernel run ARM executables of the qemu-user interpreter $1
+# (qemu-aarch64, qemu-arm; from qemu-user-static): binfmt_misc hands them to
+# qemu (flag F keeps the interpreter usable in any mount namespace). cross.sh
+# needs it for tests that start the ARM `camnode` as a child process,
+# package.sh and pi-vm.sh for the maintainer scripts of an ARM root.
+register_binfmt() {
+    local name=$1 dir=/proc/sys/fs/binfmt_misc
+    if [ ! -e "$dir/register" ]; then
+        mount -t binfmt_misc binfmt_misc "$dir" ||
+            die "binfmt_misc is not available, so ARM programs cannot run here; mount it on $dir"
+    fi
+    [ -e "$dir/$name" ] && return 0
+    [ -f "/usr/lib/binfmt.d/$name.conf" ] || die "/usr/lib/binfmt.d/$name.conf missing: is qemu-user-static installed?"
+    tr -d '\n' <"/usr/lib/binfmt.d/$name.conf" >"$dir/register"
+    log "registered $name with binfmt_misc"
+}
