@@ -198,8 +198,9 @@ ensure_vimc() {
 # Everything the image has but camnode: what a Pi needs to boot and be
 # reached (kernel, initramfs, firmware, systemd-networkd, Wi-Fi, SSH, sudo),
 # and camnode's and libcamera's libraries, so that the camnode layer installs
-# offline. initramfs-tools makes the initrd with MODULES=most, so the image
-# boots any Pi 3 or 4 (and QEMU).
+# offline. The initramfs configuration (deploy/pi-image's
+# etc/initramfs-tools) is in place before the kernel is installed, so the
+# initramfs is made once, as the image will keep making it.
 base_packages=(
     systemd-sysv udev kmod dbus initramfs-tools zstd "linux-image-KREL" raspi-firmware
     firmware-brcm80211 wpasupplicant systemd-resolved systemd-timesyncd openssh-server sudo
@@ -208,9 +209,10 @@ base_packages=(
 )
 
 ensure_base() {
-    local packages=("${base_packages[@]/KREL/$krel}") recipe
+    local packages=("${base_packages[@]/KREL/$krel}") recipe initramfs=deploy/pi-image/rootfs/etc/initramfs-tools
     # The recipe: what goes in and how; a change makes a new base.
-    recipe=$(printf '%s\n' "${packages[@]}" "${suites[@]}" "initramfs RESUME=none" | sha256sum | cut -c1-12)
+    recipe=$( (printf '%s\n' "${packages[@]}" "${suites[@]}"; find "$initramfs" -type f -printf '%p %m\n' | sort;
+        find "$initramfs" -type f -print0 | sort -z | xargs -0 cat) | sha256sum | cut -c1-12)
     base_tar=$vm_cache/base-$krel-$kver-$recipe.tar
     [ -f "$base_tar" ] && return
     local sources=() suite url start=$SECONDS
@@ -220,12 +222,9 @@ ensure_base() {
         sources+=("deb $url $suite main non-free-firmware")
     done
     log "making $base_tar with mmdebstrap (once per kernel; many minutes under qemu-user)"
-    # RESUME=none: initramfs-tools would otherwise look for this machine's
-    # swap to resume from.
-    # shellcheck disable=SC2016 # $1 is the hook's, expanded by mmdebstrap's shell
     mmdebstrap --quiet --mode=root --format=tar --variant=apt --architectures=arm64 \
         --include="$(IFS=,; echo "${packages[*]}")" \
-        --essential-hook='mkdir -p "$1/etc/initramfs-tools/conf.d" && echo RESUME=none >"$1/etc/initramfs-tools/conf.d/resume"' \
+        --essential-hook="mkdir -p \"\$1/etc\" && cp -r --no-preserve=ownership \"$repo/$initramfs\" \"\$1/etc/\"" \
         bookworm "$base_tar.part" "${sources[@]}" >&2
     mv "$base_tar.part" "$base_tar"
     local old
@@ -713,7 +712,8 @@ TOML
     # --- 5. the watchdog ---
     state=$(unit_show)
     pid=$(unit_prop MainPID "$state")
-    local restarts=$(unit_prop NRestarts "$state") stopped_at=$SECONDS
+    local restarts stopped_at=$SECONDS
+    restarts=$(unit_prop NRestarts "$state")
     vm_ssh sudo kill -STOP "$pid"
     while :; do
         state=$(unit_show)
