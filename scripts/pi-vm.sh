@@ -198,18 +198,20 @@ ensure_vimc() {
 # Everything the image has but camnode: what a Pi needs to boot and be
 # reached (kernel, initramfs, firmware, systemd-networkd, Wi-Fi, SSH, sudo),
 # and camnode's and libcamera's libraries, so that the camnode layer installs
-# offline. The initramfs configuration (deploy/pi-image's
-# etc/initramfs-tools) is in place before the kernel is installed, so the
-# initramfs is made once, as the image will keep making it.
+# offline. The kernel comes last, once the initramfs configuration
+# (deploy/pi-image's etc/initramfs-tools) is in place and everything else
+# is installed: its initramfs is then made once (each package that asks for
+# an update of it would otherwise make it again; under qemu-user that takes
+# minutes each time), as the image will keep making it.
 base_packages=(
-    systemd-sysv udev kmod dbus initramfs-tools zstd "linux-image-KREL" raspi-firmware
+    systemd-sysv udev kmod dbus initramfs-tools zstd raspi-firmware
     firmware-brcm80211 wpasupplicant systemd-resolved systemd-timesyncd openssh-server sudo
     iproute2 iputils-ping procps e2fsprogs dosfstools fdisk v4l-utils adduser
     libzmq5 libyaml-0-2 libyuv0 libudev1 libssl3
 )
 
 ensure_base() {
-    local packages=("${base_packages[@]/KREL/$krel}") recipe initramfs=deploy/pi-image/rootfs/etc/initramfs-tools
+    local packages=("${base_packages[@]}" "linux-image-$krel") recipe initramfs=deploy/pi-image/rootfs/etc/initramfs-tools
     # The recipe: what goes in and how; a change makes a new base.
     recipe=$( (printf '%s\n' "${packages[@]}" "${suites[@]}"; find "$initramfs" -type f -printf '%p %m\n' | sort;
         find "$initramfs" -type f -print0 | sort -z | xargs -0 cat) | sha256sum | cut -c1-12)
@@ -223,8 +225,9 @@ ensure_base() {
     done
     log "making $base_tar with mmdebstrap (once per kernel; many minutes under qemu-user)"
     mmdebstrap --quiet --mode=root --format=tar --variant=apt --architectures=arm64 \
-        --include="$(IFS=,; echo "${packages[*]}")" \
+        --include="$(IFS=,; echo "${base_packages[*]}")" \
         --essential-hook="mkdir -p \"\$1/etc\" && cp -r --no-preserve=ownership \"$repo/$initramfs\" \"\$1/etc/\"" \
+        --customize-hook="chroot \"\$1\" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends linux-image-$krel" \
         bookworm "$base_tar.part" "${sources[@]}" >&2
     mv "$base_tar.part" "$base_tar"
     local old
