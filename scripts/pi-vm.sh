@@ -204,7 +204,7 @@ ensure_vimc() {
 # an update of it would otherwise make it again; under qemu-user that takes
 # minutes each time), as the image will keep making it.
 base_packages=(
-    systemd-sysv udev kmod dbus initramfs-tools zstd raspi-firmware
+    systemd-sysv udev kmod dbus initramfs-tools zstd linux-base raspi-firmware
     firmware-brcm80211 wpasupplicant systemd-resolved systemd-timesyncd openssh-server sudo
     iproute2 iputils-ping procps e2fsprogs dosfstools fdisk v4l-utils adduser
     libzmq5 libyaml-0-2 libyuv0 libudev1 libssl3
@@ -217,19 +217,27 @@ ensure_base() {
         find "$initramfs" -type f -print0 | sort -z | xargs -0 cat) | sha256sum | cut -c1-12)
     base_tar=$vm_cache/base-$krel-$kver-$recipe.tar
     [ -f "$base_tar" ] && return
-    local sources=() suite url start=$SECONDS
+    local sources=() suite url start=$SECONDS kernel_dir kernel_deb
+    kernel_dir=$(mktemp -d "$vm_cache/kernel.XXXXXX")
+    (cd "$kernel_dir" && apt-get "${apt_opts[@]}" download -qq "linux-image-$krel:arm64=$kver" >&2) ||
+        die "downloading linux-image-$krel $kver failed"
+    kernel_deb=$(echo "$kernel_dir"/linux-image-*.deb)
     for suite in "${suites[@]}"; do
         url=$mirror
         [[ $suite != *-security ]] || url=$security_mirror
         sources+=("deb $url $suite main non-free-firmware")
     done
     log "making $base_tar with mmdebstrap (once per kernel; many minutes under qemu-user)"
+    # The kernel is installed by dpkg inside the root, from a package
+    # downloaded outside it (inside, systemd-resolved's /etc/resolv.conf
+    # resolves nothing yet; its dependencies are all in the root by then).
     mmdebstrap --quiet --mode=root --format=tar --variant=apt --architectures=arm64 \
         --include="$(IFS=,; echo "${base_packages[*]}")" \
         --essential-hook="mkdir -p \"\$1/etc\" && cp -r --no-preserve=ownership \"$repo/$initramfs\" \"\$1/etc/\"" \
-        --customize-hook="chroot \"\$1\" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends linux-image-$krel" \
+        --customize-hook="cp '$kernel_deb' \"\$1/tmp/kernel.deb\" && chroot \"\$1\" dpkg -i /tmp/kernel.deb && rm \"\$1/tmp/kernel.deb\"" \
         bookworm "$base_tar.part" "${sources[@]}" >&2
     mv "$base_tar.part" "$base_tar"
+    rm -rf "$kernel_dir"
     local old
     for old in "$vm_cache"/base-*.tar; do
         [ "$old" = "$base_tar" ] || rm -f "$old"
@@ -308,6 +316,12 @@ overlay_digest() {
         sha256sum | cut -c1-12
 }
 
+# What a .deb holds (maintainer scripts, control data, every file), not when
+# it was packed: a rebuild of the same camnode gives the same image.
+deb_digest() {
+    { dpkg-deb --ctrl-tarfile "$1" | tar -xO; dpkg-deb --fsys-tarfile "$1" | tar -xO; } | sha256sum | cut -d' ' -f1
+}
+
 ensure_image() {
     apt_update
     resolve_kernel
@@ -316,7 +330,7 @@ ensure_image() {
     ensure_libcamera_deb
     ensure_camnode_deb
     local key
-    key=$( (echo "layout $image_layout ${base_tar##*/} $(overlay_digest)"; sha256sum "$vimc_ko" "$libcamera_deb" "$camnode_deb" | cut -d' ' -f1) |
+    key=$(echo "layout $image_layout ${base_tar##*/} ${vimc_ko##*/} ${libcamera_deb##*/} $(overlay_digest) $(deb_digest "$camnode_deb")" |
         sha256sum | cut -c1-16)
     image=$vm_cache/camnode-pi-$key.img
     if [ ! -f "$image" ]; then
@@ -678,7 +692,7 @@ TOML
     [ "$(unit_prop ActiveState "$state")" = active ] || die "camnode.service is $(unit_prop ActiveState "$state")"
     fds=$(vm_ssh "sudo ls -l /proc/$pid/fd")
     camera=$(vm_ssh "sudo -u camnode env LIBCAMERA_IPA_MODULE_PATH=/usr/lib/aarch64-linux-gnu/libcamera/ipa \
-        LIBCAMERA_IPA_CONFIG_PATH=/usr/share/libcamera/ipa camnode cameras" 2>&1 | grep -m1 '^/' || true)
+        LIBCAMERA_IPA_CONFIG_PATH=/usr/share/libcamera/ipa camnode cameras" 2>&1 | sed -n 2p)
     local dmabufs videos
     dmabufs=$(grep -c 'dmabuf' <<<"$fds" || true)
     videos=$(grep -o '/dev/video[0-9]*' <<<"$fds" | sort -u | tr '\n' ' ')
