@@ -678,9 +678,10 @@ TOML
     log "boot 1 (first boot of a fresh card): first image at the hub ${first_image} s after power-on"
     note boot_to_first_image_s "$first_image"
     wait_ssh 120
-    local applied
-    applied=$(MTOOLS_SKIP_CHECK=1 mdir -b -i "$card@@1M" ::/ | sed 's|.*/||' | grep -c '\.applied$' || true)
-    [ "$applied" = 3 ] || die "card-setup applied $applied of the card's 3 files: $(MTOOLS_SKIP_CHECK=1 mdir -b -i "$card@@1M" ::/)"
+    local boot_files
+    boot_files=$(vm_ssh sudo ls /boot/firmware)
+    [ "$(grep -c '\.applied$' <<<"$boot_files")" = 3 ] ||
+        die "card-setup did not apply the card's 3 files; the boot partition has: $(tr '\n' ' ' <<<"$boot_files")"
     [ "$(vm_ssh hostname)" = camnode-vm ] || die "network.txt's hostname was not applied"
 
     # --- 2. capture through vimc, libcamera, dma-buf ---
