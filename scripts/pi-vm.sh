@@ -198,23 +198,26 @@ ensure_vimc() {
 # Everything the image has but camnode: what a Pi needs to boot and be
 # reached (kernel, initramfs, firmware, systemd-networkd, Wi-Fi, SSH, sudo),
 # and camnode's and libcamera's libraries, so that the camnode layer installs
-# offline. The kernel comes last, once the initramfs configuration
-# (deploy/pi-image's etc/initramfs-tools) is in place and everything else
-# is installed: its initramfs is then made once (each package that asks for
-# an update of it would otherwise make it again; under qemu-user that takes
-# minutes each time), as the image will keep making it.
+# offline. The kernel comes last, once what shapes its initramfs
+# (deploy/pi-image's etc/initramfs-tools, and etc/fstab, from which
+# initramfs-tools learns the root file system's type and so which fsck to
+# include) is in place and everything else is installed: its initramfs is
+# then made once (each package that asks for an update of it would
+# otherwise make it again; under qemu-user that takes minutes each time),
+# as the image will keep making it.
 base_packages=(
     systemd-sysv udev kmod dbus initramfs-tools zstd linux-base raspi-firmware
     firmware-brcm80211 wpasupplicant systemd-resolved systemd-timesyncd openssh-server sudo
-    iproute2 iputils-ping procps e2fsprogs dosfstools fdisk v4l-utils adduser
+    iproute2 iputils-ping procps e2fsprogs dosfstools fdisk v4l-utils nano adduser
     libzmq5 libyaml-0-2 libyuv0 libudev1 libssl3
 )
 
 ensure_base() {
-    local packages=("${base_packages[@]}" "linux-image-$krel") recipe initramfs=deploy/pi-image/rootfs/etc/initramfs-tools
+    local packages=("${base_packages[@]}" "linux-image-$krel") recipe etc=deploy/pi-image/rootfs/etc
+    local early=("$etc/initramfs-tools" "$etc/fstab")
     # The recipe: what goes in and how; a change makes a new base.
-    recipe=$( (printf '%s\n' "${packages[@]}" "${suites[@]}"; find "$initramfs" -type f -printf '%p %m\n' | sort;
-        find "$initramfs" -type f -print0 | sort -z | xargs -0 cat) | sha256sum | cut -c1-12)
+    recipe=$( (printf '%s\n' "${packages[@]}" "${suites[@]}"; find "${early[@]}" -type f -printf '%p %m\n' | sort;
+        find "${early[@]}" -type f -print0 | sort -z | xargs -0 cat) | sha256sum | cut -c1-12)
     base_tar=$vm_cache/base-$krel-$kver-$recipe.tar
     [ -f "$base_tar" ] && return
     local sources=() suite url start=$SECONDS kernel_dir kernel_deb
@@ -228,12 +231,13 @@ ensure_base() {
         sources+=("deb $url $suite main non-free-firmware")
     done
     log "making $base_tar with mmdebstrap (once per kernel; many minutes under qemu-user)"
+    rm -f "$vm_cache"/base-*.tar.part
     # The kernel is installed by dpkg inside the root, from a package
     # downloaded outside it (inside, systemd-resolved's /etc/resolv.conf
     # resolves nothing yet; its dependencies are all in the root by then).
     mmdebstrap --quiet --mode=root --format=tar --variant=apt --architectures=arm64 \
         --include="$(IFS=,; echo "${base_packages[*]}")" \
-        --essential-hook="mkdir -p \"\$1/etc\" && cp -r --no-preserve=ownership \"$repo/$initramfs\" \"\$1/etc/\"" \
+        --essential-hook="cp -r --no-preserve=ownership \"$repo/$etc/initramfs-tools\" \"$repo/$etc/fstab\" \"\$1/etc/\"" \
         --customize-hook="cp '$kernel_deb' \"\$1/tmp/kernel.deb\" && chroot \"\$1\" dpkg -i /tmp/kernel.deb && rm \"\$1/tmp/kernel.deb\"" \
         bookworm "$base_tar.part" "${sources[@]}" >&2
     mv "$base_tar.part" "$base_tar"
@@ -391,6 +395,9 @@ assemble_image() {
         in_root adduser --quiet pi "$group"
     done
     in_root systemctl enable --quiet systemd-networkd.service systemd-resolved.service camnode-card-setup.service
+    # systemd's first-boot wizard would wait for a key on the console of a
+    # Pi nobody watches; camnode-card-setup is this image's first boot.
+    in_root systemctl mask --quiet systemd-firstboot.service
     # What makes each card its own is made on its first boot: the machine id
     # (systemd), the SSH host keys (camnode-card-setup).
     rm -f "$root"/etc/ssh/ssh_host_*
@@ -459,7 +466,12 @@ card_get() { MTOOLS_SKIP_CHECK=1 mcopy -o -n -i "$card@@1M" "::/$1" "$2"; }
 # console on the chardev $1 and its SSH port on 127.0.0.1:$ssh_port. What the
 # Pi's firmware would do is done here: the kernel and initrd that config.txt
 # names, the Pi 3's device tree and cmdline.txt come from the boot
-# partition; modules-load=vimc (QEMU only) loads the virtual camera.
+# partition. Two additions for QEMU only: modules-load=vimc loads the
+# virtual camera, and systemd.watchdog_sec=0 keeps systemd from arming the
+# Pi's hardware watchdog (the image's RuntimeWatchdogSec=): QEMU 7.2
+# emulates no watchdog timer, and its power-management block resets the
+# machine at once on the write that arms it (hw/misc/bcm2835_powermgt.c,
+# PM_RSTC), which ends QEMU (-no-reboot).
 qemu_command() {
     local console=$1 boot=$vm_dir/boot kernel initrd
     rm -rf "$boot"
@@ -478,7 +490,7 @@ qemu_command() {
     # serial port; the first is the PL011, which the Pi 3 wires to Bluetooth.
     # shellcheck disable=SC2054 # the commas are QEMU's option syntax
     qemu_cmd=(qemu-system-aarch64 -M raspi3b -kernel "$boot/kernel" -initrd "$boot/initrd" -dtb "$boot/pi3.dtb"
-        -append "$(tr -d '\n' <"$boot/cmdline.txt") modules-load=vimc" -drive "if=sd,format=raw,file=$card"
+        -append "$(tr -d '\n' <"$boot/cmdline.txt") modules-load=vimc systemd.watchdog_sec=0" -drive "if=sd,format=raw,file=$card"
         -netdev "user,id=net0,hostfwd=tcp:127.0.0.1:$ssh_port-:22" -device usb-net,netdev=net0
         -serial null -serial "$console" -display none -no-reboot)
 }
@@ -873,7 +885,7 @@ PY
 
 command=${1:-}
 [ $# -gt 0 ] && shift
-need_packages qemu-user-static mmdebstrap arch-test binfmt-support dosfstools mtools e2fsprogs fdisk \
+need_packages qemu-user-static mmdebstrap arch-test dosfstools mtools e2fsprogs fdisk \
     gcc-aarch64-linux-gnu make libelf1 libssl3 xz-utils binutils-aarch64-linux-gnu
 register_binfmt qemu-aarch64
 case $command in
