@@ -672,6 +672,7 @@ heartbeat = 5.0
 
 [capture]
 source = "libcamera"
+size = "640x480"
 
 [transport]
 hub = "tcp://10.0.2.2:$hub_port"
