@@ -198,13 +198,11 @@ ensure_vimc() {
 # Everything the image has but camnode: what a Pi needs to boot and be
 # reached (kernel, initramfs, firmware, systemd-networkd, Wi-Fi, SSH, sudo),
 # and camnode's and libcamera's libraries, so that the camnode layer installs
-# offline. The kernel comes last, once what shapes its initramfs
-# (deploy/pi-image's etc/initramfs-tools, and etc/fstab, from which
-# initramfs-tools learns the root file system's type and so which fsck to
-# include) is in place and everything else is installed: its initramfs is
-# then made once (each package that asks for an update of it would
-# otherwise make it again; under qemu-user that takes minutes each time),
-# as the image will keep making it.
+# offline. The kernel comes last, once the initramfs configuration
+# (deploy/pi-image's etc/initramfs-tools) is in place and everything else
+# is installed: its initramfs is then made once (each package that asks for
+# an update of it would otherwise make it again; under qemu-user that takes
+# minutes each time), as the image will keep making it.
 base_packages=(
     systemd-sysv udev kmod dbus initramfs-tools zstd linux-base raspi-firmware
     firmware-brcm80211 wpasupplicant systemd-resolved systemd-timesyncd openssh-server sudo
@@ -213,11 +211,10 @@ base_packages=(
 )
 
 ensure_base() {
-    local packages=("${base_packages[@]}" "linux-image-$krel") recipe etc=deploy/pi-image/rootfs/etc
-    local early=("$etc/initramfs-tools" "$etc/fstab")
+    local packages=("${base_packages[@]}" "linux-image-$krel") recipe initramfs=deploy/pi-image/rootfs/etc/initramfs-tools
     # The recipe: what goes in and how; a change makes a new base.
-    recipe=$( (printf '%s\n' "${packages[@]}" "${suites[@]}"; find "${early[@]}" -type f -printf '%p %m\n' | sort;
-        find "${early[@]}" -type f -print0 | sort -z | xargs -0 cat) | sha256sum | cut -c1-12)
+    recipe=$( (printf '%s\n' "${packages[@]}" "${suites[@]}"; find "$initramfs" -type f -printf '%p %m\n' | sort;
+        find "$initramfs" -type f -print0 | sort -z | xargs -0 cat) | sha256sum | cut -c1-12)
     base_tar=$vm_cache/base-$krel-$kver-$recipe.tar
     [ -f "$base_tar" ] && return
     local sources=() suite url start=$SECONDS kernel_dir kernel_deb
@@ -237,7 +234,7 @@ ensure_base() {
     # resolves nothing yet; its dependencies are all in the root by then).
     mmdebstrap --quiet --mode=root --format=tar --variant=apt --architectures=arm64 \
         --include="$(IFS=,; echo "${base_packages[*]}")" \
-        --essential-hook="cp -r --no-preserve=ownership \"$repo/$etc/initramfs-tools\" \"$repo/$etc/fstab\" \"\$1/etc/\"" \
+        --essential-hook="cp -r --no-preserve=ownership \"$repo/$initramfs\" \"\$1/etc/\"" \
         --customize-hook="cp '$kernel_deb' \"\$1/tmp/kernel.deb\" && chroot \"\$1\" dpkg -i /tmp/kernel.deb && rm \"\$1/tmp/kernel.deb\"" \
         bookworm "$base_tar.part" "${sources[@]}" >&2
     mv "$base_tar.part" "$base_tar"
