@@ -253,8 +253,11 @@ ensure_base() {
 # packaged as the libcamera0.X that camnode's Depends names, with the IPA
 # modules, their signatures and data. Debian bookworm has no libcamera 0.7;
 # a Raspberry Pi OS card gets Raspberry Pi's.
+# Bump when the package's contents change for the same libcamera build.
+libcamera_package_revision=2
+
 ensure_libcamera_deb() {
-    local prefix version name build_id dir
+    local prefix version name build_id dir release
     eval "$(scripts/libcamera.sh aarch64)"
     local var=LIBCAMERA_PREFIX_aarch64_unknown_linux_gnu
     prefix=${!var}
@@ -263,7 +266,8 @@ ensure_libcamera_deb() {
     version=$(find "$prefix/lib" -name 'libcamera.so.*.*.*' -printf '%f\n' | sed 's/libcamera\.so\.//')
     name=libcamera${version%.*}
     build_id=$(cat "$prefix/.complete" "$prefix"/lib/libcamera.so."$version" | sha256sum | cut -c1-12)
-    libcamera_deb=$vm_cache/${name}_$version-$build_id-0camnode1_arm64.deb
+    release=$version-$build_id-0camnode$libcamera_package_revision
+    libcamera_deb=$vm_cache/${name}_${release}_arm64.deb
     [ -f "$libcamera_deb" ] && return
     log "packaging $name $version from $prefix"
     dir=$(mktemp -d "$vm_cache/libcamera.XXXXXX")
@@ -271,7 +275,12 @@ ensure_libcamera_deb() {
     cp -a "$prefix"/lib/libcamera*.so.* "$prefix/lib/libcamera" "$dir/pkg/usr/lib/aarch64-linux-gnu/"
     cp -a "$prefix/share/libcamera" "$dir/pkg/usr/share/"
     [ ! -d "$prefix/libexec/libcamera" ] || cp -a "$prefix/libexec/libcamera" "$dir/pkg/usr/libexec/"
-    printf '%s\n' "Package: $name" "Version: $version-$build_id-0camnode1" "Architecture: arm64" \
+    # The global configuration (defaults for everything); camnode.service
+    # reads it through XDG_CONFIG_HOME=/etc (deploy/pi-image).
+    mkdir -p "$dir/pkg/etc/libcamera"
+    echo "version: 1" >"$dir/pkg/etc/libcamera/configuration.yaml"
+    echo /etc/libcamera/configuration.yaml >"$dir/pkg/DEBIAN/conffiles"
+    printf '%s\n' "Package: $name" "Version: $release" "Architecture: arm64" \
         "Maintainer: camnode developers <camnode@localhost>" \
         "Depends: libc6, libgcc-s1, libstdc++6, libyaml-0-2, libudev1, libyuv0, libssl3" \
         "Description: libcamera $version as built by camnode's scripts/libcamera.sh" \
