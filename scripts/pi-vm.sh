@@ -254,7 +254,7 @@ ensure_base() {
 # modules, their signatures and data. Debian bookworm has no libcamera 0.7;
 # a Raspberry Pi OS card gets Raspberry Pi's.
 # Bump when the package's contents change for the same libcamera build.
-libcamera_package_revision=2
+libcamera_package_revision=3
 
 ensure_libcamera_deb() {
     local prefix version name build_id dir release
@@ -275,10 +275,15 @@ ensure_libcamera_deb() {
     cp -a "$prefix"/lib/libcamera*.so.* "$prefix/lib/libcamera" "$dir/pkg/usr/lib/aarch64-linux-gnu/"
     cp -a "$prefix/share/libcamera" "$dir/pkg/usr/share/"
     [ ! -d "$prefix/libexec/libcamera" ] || cp -a "$prefix/libexec/libcamera" "$dir/pkg/usr/libexec/"
-    # The global configuration (defaults for everything); camnode.service
-    # reads it through XDG_CONFIG_HOME=/etc (deploy/pi-image).
+    # libcamera's paths are built in, and those of this build point into the
+    # build machine's cache: the global configuration says where the IPA
+    # modules, their data and proxies are on the image. camnode.service reads
+    # it through XDG_CONFIG_HOME=/etc (deploy/pi-image), since the built-in
+    # place of this file is under the build machine's cache too.
     mkdir -p "$dir/pkg/etc/libcamera"
-    echo "version: 1" >"$dir/pkg/etc/libcamera/configuration.yaml"
+    printf '%s\n' "# libcamera on the camnode Pi image (scripts/pi-vm.sh)." "version: 1" "configuration:" "  ipa:" \
+        "    module_paths: [/usr/lib/aarch64-linux-gnu/libcamera/ipa]" "    config_paths: [/usr/share/libcamera/ipa]" \
+        "    proxy_paths: [/usr/libexec/libcamera]" >"$dir/pkg/etc/libcamera/configuration.yaml"
     echo /etc/libcamera/configuration.yaml >"$dir/pkg/DEBIAN/conffiles"
     printf '%s\n' "Package: $name" "Version: $release" "Architecture: arm64" \
         "Maintainer: camnode developers <camnode@localhost>" \
@@ -318,7 +323,7 @@ ensure_camnode_deb() {
 # --- the image -------------------------------------------------------------------
 
 # Bump when assemble_image changes what it makes from the same inputs.
-image_layout=1
+image_layout=2
 
 # A digest of deploy/pi-image: names, modes and contents.
 overlay_digest() {
@@ -333,6 +338,11 @@ deb_digest() {
 }
 
 ensure_image() {
+    mkdir -p "$vm_cache"
+    # One builder at a time; what an interrupted one left behind goes.
+    exec 9>"$vm_cache/lock"
+    flock 9
+    rm -rf "$vm_cache"/{kernel,vimc,image,libcamera}.?????? "$vm_cache"/*.part
     apt_update
     resolve_kernel
     ensure_vimc
@@ -404,6 +414,10 @@ assemble_image() {
     # systemd's first-boot wizard would wait for a key on the console of a
     # Pi nobody watches; camnode-card-setup is this image's first boot.
     in_root systemctl mask --quiet systemd-firstboot.service
+    # The card's last known time (systemd-timesyncd moves the clock forward
+    # to it at boot): the time the image was made, until the card knows better.
+    mkdir -p "$root/var/lib/systemd/timesync"
+    touch "$root/var/lib/systemd/timesync/clock"
     # What makes each card its own is made on its first boot: the machine id
     # (systemd), the SSH host keys (camnode-card-setup).
     rm -f "$root"/etc/ssh/ssh_host_*
@@ -458,10 +472,17 @@ free_port() {
 vm_ssh() { ssh -i "$ssh_key" "${ssh_opts[@]}" -p "$ssh_port" pi@127.0.0.1 "$@"; }
 
 # A card flashed with the image: a sparse copy, grown to the card's size.
+# The emulated Pi has no clock that survives power-off (neither has a Pi)
+# and no NTP server to reach here, so its clock starts where the card's
+# last known time says, as systemd-timesyncd keeps it: the flashing sets
+# that to now.
 flash_card() {
     card=$1
     cp --sparse=always "$image" "$card"
     truncate -s "$card_size" "$card"
+    debugfs -w -R "set_inode_field /var/lib/systemd/timesync/clock mtime @$(date +%s)" \
+        "$card?offset=$(((1 + boot_mib) * 1048576))" >/dev/null 2>&1 ||
+        die "cannot set the clock file of $card"
 }
 
 # Files on the card's boot partition (FAT, from 1 MiB), as a PC writes them.
@@ -627,11 +648,22 @@ read_spool() {
     check spool "$dir/spool" >"$vm_dir/$out.json"
 }
 
-# The vimc sensor's on-screen display: a running clock (so the scene
-# moves: motion events) or nothing (a still scene: no events).
-osd() {
-    vm_ssh "for d in /dev/v4l-subdev*; do sudo v4l2-ctl -d \$d --list-ctrls 2>/dev/null | grep -q osd_text_mode &&
-        sudo v4l2-ctl -d \$d --set-ctrl osd_text_mode=$1; done"
+# What the vimc camera (libcamera's "Sensor B") sees, through its test
+# pattern generator: "still" (black, no on-screen text: no motion) or
+# "moving" (a white cross comes and goes every 5 s: motion events), driven
+# by a transient unit in the guest, which a power cut ends.
+scene() {
+    local sensor
+    sensor=/dev/$(vm_ssh 'grep -l "^Sensor B$" /sys/class/video4linux/v4l-subdev*/name' | cut -d/ -f5)
+    case $1 in
+    still)
+        vm_ssh "sudo systemctl stop pivm-scene 2>/dev/null; sudo v4l2-ctl -d $sensor --set-ctrl show_information=2,test_pattern=5"
+        ;;
+    moving)
+        vm_ssh "sudo v4l2-ctl -d $sensor --set-ctrl show_information=2 && sudo systemd-run --quiet --unit=pivm-scene sh -c \
+            'while :; do v4l2-ctl -d $sensor --set-ctrl test_pattern=19; sleep 5; v4l2-ctl -d $sensor --set-ctrl test_pattern=5; sleep 5; done'"
+        ;;
+    esac
 }
 
 # The same package with a higher version: an upgrade as dpkg sees it.
@@ -711,8 +743,7 @@ TOML
     pid=$(unit_prop MainPID "$state")
     [ "$(unit_prop ActiveState "$state")" = active ] || die "camnode.service is $(unit_prop ActiveState "$state")"
     fds=$(vm_ssh "sudo ls -l /proc/$pid/fd")
-    camera=$(vm_ssh "sudo -u camnode env LIBCAMERA_IPA_MODULE_PATH=/usr/lib/aarch64-linux-gnu/libcamera/ipa \
-        LIBCAMERA_IPA_CONFIG_PATH=/usr/share/libcamera/ipa camnode cameras" 2>&1 | sed -n 2p)
+    camera=$(vm_ssh "XDG_CONFIG_HOME=/etc camnode cameras" 2>&1 | sed -n 2p)
     local dmabufs videos
     dmabufs=$(grep -c 'dmabuf' <<<"$fds" || true)
     videos=$(grep -o '/dev/video[0-9]*' <<<"$fds" | sort -u | tr '\n' ' ')
@@ -724,8 +755,8 @@ TOML
     log "capture: $camera, $dmabufs dma-buf descriptors, $videos"
 
     # --- 3. the status LED, running ---
-    osd 2
-    sleep 8
+    scene still
+    sleep 10
     check led "$qmp" --pin "$led_pin" --seconds 12 >"$vm_dir/led-running.json"
     log "LED with the hub up: $(cat "$vm_dir/led-running.json")"
 
@@ -768,7 +799,7 @@ TOML
 
     # --- 3b. LED with the hub gone; 6a. a power cut while spooling ---
     stop_hub
-    osd 0
+    scene moving
     sleep 6
     check led "$qmp" --pin "$led_pin" --seconds 8 >"$vm_dir/led-trouble.json"
     log "LED with the hub down: $(cat "$vm_dir/led-trouble.json")"
