@@ -21,6 +21,10 @@
     pi-vm-check.py missing SPOOL_JSON HUB_JSON
         The spooled messages of SPOOL_JSON that HUB_JSON does not have.
 
+    pi-vm-check.py replug QMP_SOCKET
+        Unplugs the emulated Pi's USB network device (id "nic") and plugs it
+        in again on the same port, as a person would replug a cable.
+
 Only the standard library: it runs wherever the scripts do.
 """
 
@@ -60,6 +64,18 @@ class Qmp:
         if "error" in reply:
             raise RuntimeError(f"QMP {command}: {reply['error']}")
         return reply["return"]
+
+    def wait_event(self, name, timeout):
+        """Waits for the QMP event `name`; False if it did not come in time."""
+        self.sock.settimeout(timeout)
+        try:
+            while True:
+                if json.loads(self.file.readline()).get("event") == name:
+                    return True
+        except (TimeoutError, socket.timeout):
+            return False
+        finally:
+            self.sock.settimeout(None)
 
     def read_word(self, address):
         # `xp /1wx ADDR` prints "ADDR: 0xVALUE": one physical word, read as the
@@ -200,6 +216,15 @@ def missing(args):
     print()
 
 
+def replug(args):
+    qmp = Qmp(args.socket)
+    qmp.call("device_del", id="nic")
+    if not qmp.wait_event("DEVICE_DELETED", 30):
+        sys.exit("the USB network device was not unplugged within 30 s")
+    # The same device on the same root port of the dwc2 controller: no hub.
+    qmp.call("device_add", driver="usb-net", netdev="net0", id="nic", bus="usb-bus.0", port="1")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -218,6 +243,9 @@ def main():
     p.add_argument("spool_json")
     p.add_argument("hub_json")
     p.set_defaults(run=missing)
+    p = commands.add_parser("replug")
+    p.add_argument("socket")
+    p.set_defaults(run=replug)
     args = parser.parse_args()
     args.run(args)
 

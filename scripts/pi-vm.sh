@@ -437,7 +437,8 @@ assemble_image() {
     mkfs.vfat -F 32 -n RASPIFIRM -C "$fat" $((boot_mib * 1024)) >/dev/null
     MTOOLS_SKIP_CHECK=1 mcopy -s -p -m -i "$fat" "$root"/boot/firmware/* ::/
     rm -rf "${root:?}"/boot/firmware/*
-    mkfs.ext4 -q -F -L RASPIROOT -d "$root" "$ext" "${root_mib}M"
+    truncate -s "${root_mib}M" "$ext"
+    mkfs.ext4 -q -F -L RASPIROOT -d "$root" "$ext"
     rm -rf "$root"
 
     truncate -s "${image_mib}M" "$out.part"
@@ -515,10 +516,12 @@ qemu_command() {
     card_get cmdline.txt "$boot/cmdline.txt"
     # The mini UART (ttyS1, the console cmdline.txt names) is QEMU's second
     # serial port; the first is the PL011, which the Pi 3 wires to Bluetooth.
+    # The network device sits on the USB controller's one port itself (with
+    # no port given, QEMU would put a hub in between).
     # shellcheck disable=SC2054 # the commas are QEMU's option syntax
     qemu_cmd=(qemu-system-aarch64 -M raspi3b -kernel "$boot/kernel" -initrd "$boot/initrd" -dtb "$boot/pi3.dtb"
         -append "$(tr -d '\n' <"$boot/cmdline.txt") modules-load=vimc systemd.watchdog_sec=0" -drive "if=sd,format=raw,file=$card"
-        -netdev "user,id=net0,hostfwd=tcp:127.0.0.1:$ssh_port-:22" -device usb-net,netdev=net0
+        -netdev "user,id=net0,hostfwd=tcp:127.0.0.1:$ssh_port-:22" -device usb-net,netdev=net0,id=nic,bus=usb-bus.0,port=1
         -serial null -serial "$console" -display none -no-reboot)
 }
 
@@ -526,6 +529,8 @@ qemu_command() {
 # monitor answers on $qmp (QMP), for the LED checker.
 vm_boot() {
     local name=$1
+    vm_name=$name
+    nic_waiting=
     qemu_command "file:$vm_dir/$name-console.log"
     qmp=$vm_dir/qmp.sock
     rm -f "$qmp"
@@ -536,6 +541,24 @@ vm_boot() {
 }
 
 vm_alive() { kill -0 "$vm_pid" 2>/dev/null; }
+
+# QEMU 7.2's dwc2 model now and then loses a race with the kernel's driver
+# around a port reset (more often when this machine is busy): the USB
+# network device is never enumerated ("dwc2 3f980000.usb: Not connected" on
+# the console) and the guest has no network. As on a Pi with a USB adapter,
+# replugging it brings it up: done when the controller has been up for
+# 60 s without the device, and counted in $vm_dir/replugs.
+nic_check() {
+    local console=$vm_dir/$vm_name-console.log
+    grep -aq "register 'cdc_ether'" "$console" && return 0
+    grep -aq 'DWC OTG Controller' "$console" || return 0
+    [ -n "$nic_waiting" ] || nic_waiting=$SECONDS
+    [ $((SECONDS - nic_waiting)) -ge 60 ] || return 0
+    log "$vm_name: the USB network device was not enumerated in 60 s (QEMU's dwc2); replugging it"
+    check replug "$qmp"
+    echo "$vm_name" >>"$vm_dir/replugs"
+    nic_waiting=$SECONDS
+}
 
 # Pulls the plug: QEMU is killed, the guest gets no shutdown. What the guest
 # wrote to the card is on it (QEMU writes through to the image file); what
@@ -559,6 +582,7 @@ wait_ssh() {
     local deadline=$((SECONDS + ${1:-600}))
     until vm_ssh true 2>/dev/null; do
         vm_alive || { tail -30 "$vm_dir"/*-console.log >&2; die "QEMU exited before the guest answered on SSH"; }
+        nic_check
         [ $SECONDS -lt $deadline ] || die "the guest did not answer on SSH within ${1:-600} s (console: $vm_dir)"
         sleep 2
     done
@@ -625,6 +649,7 @@ wait_image_after() {
     local before=$1 deadline=$((SECONDS + ${2:-600}))
     until [ "$(images_at_hub)" -gt "$before" ]; do
         vm_alive || { tail -30 "$vm_dir"/*-console.log >&2; die "QEMU exited before an image reached the hub"; }
+        nic_check
         [ $SECONDS -lt $deadline ] || die "no image reached the hub within ${2:-600} s (journal: ssh ... journalctl -u camnode)"
         sleep 0.2
     done
@@ -892,6 +917,7 @@ summary = {
     "boot_to_first_image_s": notes["boot_to_first_image_s"],
     "later_boots_to_first_image_s": [notes["boot2_to_first_image_s"], notes["boot3_to_first_image_s"]],
     "rss_kb": notes["rss_kb"],
+    "usb_replugs": len((d / "replugs").read_text().split()) if (d / "replugs").exists() else 0,
     "test_s": seconds,
     "note": "times and CPU are those of QEMU's emulated Pi 3 (TCG) on this x86 machine, not of a Pi",
 }
