@@ -362,6 +362,8 @@ ensure_image() {
     fi
     mkdir -p "$run_dir"
     ln -f "$image" "$run_dir/camnode-pi.img" 2>/dev/null || cp --sparse=always "$image" "$run_dir/camnode-pi.img"
+    # Released here: QEMU and the hub must not inherit (and hold) it.
+    exec 9>&-
 }
 
 # Runs "$@" inside the root being assembled (arm64, through qemu-user).
@@ -705,9 +707,16 @@ newer_deb() {
     newer_version=$version
 }
 
+# Whatever a test leaves running when it stops, on success or not.
+stop_all() {
+    [ -z "${vm_pid:-}" ] || vm_cut
+    [ -z "${hub_pid:-}" ] || stop_hub
+}
+
 test_vm() {
     local json_out=${1:-}
     local test_start=$SECONDS
+    trap stop_all EXIT
     ensure_image
     ensure_ssh_key
     hub_bin=${CAMNODE_HOST_BIN:-}
