@@ -378,7 +378,7 @@ assemble_image() {
     tar -xf "$base_tar" -C "$root"
     # The kernel hooks below look at /proc to tell a chroot from a booted system.
     mount -t proc proc "$root/proc"
-    trap 'umount "$root/proc" 2>/dev/null || true' EXIT
+    mounted_proc=$root/proc
     cp -r --no-preserve=ownership deploy/pi-image/rootfs/. "$root/"
     chmod 0440 "$root/etc/sudoers.d/010-pi-nopasswd"
 
@@ -432,8 +432,8 @@ assemble_image() {
     in_root env DEB_MAINT_PARAMS=configure /etc/kernel/postinst.d/z50-raspi-firmware "$krel" >"$work/firmware.log" 2>&1 ||
         { cat "$work/firmware.log" >&2; die "raspi-firmware's kernel hook failed"; }
     cp -r --no-preserve=ownership deploy/pi-image/boot/. "$root/boot/firmware/"
-    umount "$root/proc"
-    trap - EXIT
+    umount "$mounted_proc"
+    mounted_proc=
 
     local fat=$work/boot.img ext=$work/root.img root_mib=$((image_mib - 1 - boot_mib))
     mkfs.vfat -F 32 -n RASPIFIRM -C "$fat" $((boot_mib * 1024)) >/dev/null
@@ -629,7 +629,6 @@ check() { python3 scripts/pi-vm-check.py "$@"; }
 # The x86 hub on this machine, which the guest reaches as 10.0.2.2. Each run
 # of it writes its own journal; pi-vm-check.py hub merges them.
 hub_runs=0
-hub_pid=
 start_hub() {
     hub_runs=$((hub_runs + 1))
     "$hub_bin" hub --bind "tcp://127.0.0.1:$hub_port" --save "$vm_dir/hub" --jsonl "$vm_dir/hub-$hub_runs.jsonl" \
@@ -707,16 +706,9 @@ newer_deb() {
     newer_version=$version
 }
 
-# Whatever a test leaves running when it stops, on success or not.
-stop_all() {
-    [ -z "${vm_pid:-}" ] || vm_cut
-    [ -z "${hub_pid:-}" ] || stop_hub
-}
-
 test_vm() {
     local json_out=${1:-}
     local test_start=$SECONDS
-    trap stop_all EXIT
     ensure_image
     ensure_ssh_key
     hub_bin=${CAMNODE_HOST_BIN:-}
@@ -955,6 +947,18 @@ PY
 }
 
 # --- main --------------------------------------------------------------------------
+
+# What a run leaves behind when it stops, on success or not: the image
+# root's /proc mount, QEMU, the hub.
+mounted_proc=
+vm_pid=
+hub_pid=
+cleanup() {
+    [ -z "$mounted_proc" ] || umount "$mounted_proc" 2>/dev/null || true
+    [ -z "$vm_pid" ] || vm_cut
+    [ -z "$hub_pid" ] || stop_hub
+}
+trap cleanup EXIT
 
 command=${1:-}
 [ $# -gt 0 ] && shift
