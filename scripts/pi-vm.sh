@@ -762,23 +762,28 @@ TOML
     [ "$(vm_ssh hostname)" = camnode-vm ] || die "network.txt's hostname was not applied"
 
     # --- 2. capture through vimc, libcamera, dma-buf ---
-    local machine state pid fds camera
+    local machine state pid
     machine=$(vm_ssh "tr -d '\\0' </proc/device-tree/model")
     note machine "$(jq_string "$machine")"
     state=$(unit_show)
     pid=$(unit_prop MainPID "$state")
     [ "$(unit_prop ActiveState "$state")" = active ] || die "camnode.service is $(unit_prop ActiveState "$state")"
+    # What the service has open: the V4L2 nodes of the camera (the driver
+    # behind them, from sysfs), and the dma-bufs libcamera's allocator
+    # exported from them. (`camnode cameras` cannot look meanwhile: libcamera
+    # locks the media device of a camera in use.)
+    local fds dmabufs nodes
     fds=$(vm_ssh "sudo ls -l /proc/$pid/fd")
-    camera=$(vm_ssh "XDG_CONFIG_HOME=/etc camnode cameras" 2>&1 | sed -n 2p)
-    local dmabufs videos
     dmabufs=$(grep -c 'dmabuf' <<<"$fds" || true)
-    videos=$(grep -o '/dev/video[0-9]*' <<<"$fds" | sort -u | tr '\n' ' ')
+    nodes=$(vm_ssh "for n in \$(sudo ls -l /proc/$pid/fd | grep -o '/dev/video[0-9]*' | sort -u); do
+        d=/sys/class/video4linux/\${n#/dev/}; echo \"\$n \$(basename \$(readlink \$d/device/driver)) \$(cat \$d/name)\"; done")
     [ "$dmabufs" -gt 0 ] || die "camnode holds no dma-buf: $fds"
-    [[ $camera == *vimc* ]] || die "libcamera shows no vimc camera (got '$camera')"
-    note capture "$(python3 -c 'import json, sys; print(json.dumps({"camera": sys.argv[1], "pipeline": "libcamera vimc",
-        "buffers": "dma-buf (FrameBufferAllocator)", "dmabuf_fds": int(sys.argv[2]), "video_nodes": sys.argv[3].split()}))' \
-        "$camera" "$dmabufs" "$videos")"
-    log "capture: $camera, $dmabufs dma-buf descriptors, $videos"
+    grep -q '^/dev/video[0-9]* vimc ' <<<"$nodes" || die "camnode has no vimc video node open: $nodes"
+    note capture "$(python3 -c 'import json, sys; print(json.dumps({"driver": "vimc", "via": "libcamera (vimc pipeline)",
+        "buffers": "dma-buf (FrameBufferAllocator)", "dmabuf_fds": int(sys.argv[1]),
+        "video_nodes": [l.split(" ", 2)[0] + " " + l.split(" ", 2)[2] for l in sys.argv[2].splitlines()]}))' \
+        "$dmabufs" "$nodes")"
+    log "capture: $dmabufs dma-buf descriptors; $(tr '\n' ';' <<<"$nodes")"
 
     # --- 3. the status LED, running ---
     scene still
