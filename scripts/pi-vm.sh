@@ -552,8 +552,8 @@ vm_alive() { kill -0 "$vm_pid" 2>/dev/null; }
 # 60 s without the device, and counted in $vm_dir/replugs.
 nic_check() {
     local console=$vm_dir/$vm_name-console.log
-    grep -aq "register 'cdc_ether'" "$console" && return 0
-    grep -aq 'DWC OTG Controller' "$console" || return 0
+    grep -aqs "register 'cdc_ether'" "$console" && return 0
+    grep -aqs 'DWC OTG Controller' "$console" || return 0
     [ -n "$nic_waiting" ] || nic_waiting=$SECONDS
     [ $((SECONDS - nic_waiting)) -ge 60 ] || return 0
     log "$vm_name: the USB network device was not enumerated in 60 s (QEMU's dwc2); replugging it"
