@@ -16,10 +16,19 @@ moved between the previous frame and this one. The footage is played forward
   vtest has a person moving in every one of its 400 frames is checked, not
   assumed: `check_vtest` finds the people against the clip's median
   background and requires in each frame a person-sized blob that also changed
-  since the previous frame; the numbers go into RESULTS.md.
+  since the previous frame; the numbers go into docs/motion.md.
 - tree: frames 53-67 of the clip show a hand; a frame is motion when the hand
   is in it or in the frame before (so the frame where it leaves counts).
   Waving leaves alone are not motion: that is what nobody wants reported.
+- crossing: one far-away person of vtest, alone in an empty yard: the top
+  left of the clip (384x288), live only where that person walks (from behind
+  the building to the left edge, clip frames 64-175) and the clip's median
+  background elsewhere, so nothing else moves. The person covers 0.05 to
+  0.3 % of this frame: a small object, which the detector must follow for
+  longer before it counts. A frame is motion when the person moved since the
+  previous frame and, in this frame or that one, covers at least the
+  detector's minimum area (0.05 %): while only a head shows behind the
+  corner, no detector set to ignore smaller things can be asked to see it.
 
 Light and noise never change a label: they are exactly what a detector must
 not report.
@@ -35,6 +44,16 @@ VTEST_FPS = 10
 TREE_FPS = 15
 # First and last frame of the tree clip in which the hand is visible.
 TREE_HAND = (53, 67)
+# The crossing scene: the part of vtest it shows ((x, y, width, height),
+# even numbers for the chroma planes), the window in it where the clip plays
+# (x0, y0, x1, y1: the lawn below the building, where one person walks and
+# nobody else does), and the clip frames it plays (the person is out of
+# sight before and after).
+CROSSING_VIEW = (0, 0, 384, 288)
+CROSSING_WINDOW = (0, 40, 310, 150)
+CROSSING_CLIP = (60, 180)
+# The detector's default minimum object size, in percent of the frame.
+MIN_AREA_PERCENT = 0.05
 
 
 def load_clip(folder, count):
@@ -53,24 +72,31 @@ def load_clip(folder, count):
     return np.stack(ys), np.stack(us), np.stack(vs)
 
 
-def check_vtest(y):
+def foreground(y, background):
+    """Pixels that differ from the background by more than 30, specks removed."""
+    fg = (np.abs(y.astype(np.int16) - background) > 30).astype(np.uint8)
+    return cv2.morphologyEx(fg, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+
+
+def changed(a, b):
+    """Pixels that changed by more than 20 between two frames."""
+    return np.abs(a.astype(np.int16) - b) > 20
+
+
+def check_vtest(y, background):
     """Finds moving people in every vtest frame against the clip's median background.
 
     Returns per-frame counts of moving person blobs and the blobs' areas as a
     share of the frame, so that the "every frame is motion" label is measured.
     """
-    background = np.median(y, axis=0).astype(np.int16)
-    kernel = np.ones((3, 3), np.uint8)
     counts, areas = [], []
     for t in range(len(y)):
-        fg = (np.abs(y[t].astype(np.int16) - background) > 30).astype(np.uint8)
-        fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, kernel)
-        prev = y[t - 1] if t > 0 else y[t + 1]
-        changed = np.abs(y[t].astype(np.int16) - prev) > 20
+        fg = foreground(y[t], background)
+        moved = changed(y[t], y[t - 1] if t > 0 else y[t + 1])
         n, labels, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
         moving = 0
         for k in range(1, n):
-            if stats[k, cv2.CC_STAT_AREA] >= 60 and changed[labels == k].sum() >= 15:
+            if stats[k, cv2.CC_STAT_AREA] >= 60 and moved[labels == k].sum() >= 15:
                 moving += 1
                 areas.append(stats[k, cv2.CC_STAT_AREA] / fg.size)
         counts.append(moving)
@@ -199,11 +225,46 @@ def build_tree_scene(out, clip):
     return b.finish("waving leaves (not motion) and a hand passing three times, noise 2")
 
 
+def build_crossing_scene(out, clip):
+    """One small far-away person crossing a still yard, three times: forward,
+    back (walking backwards into the building's corner) and forward again."""
+    y, u, v = clip
+    vx, vy, vw, vh = CROSSING_VIEW
+    wx0, wy0, wx1, wy1 = CROSSING_WINDOW
+    first, last = CROSSING_CLIP
+    background = [np.median(p, axis=0).astype(np.uint8) for p in (y, u, v)]
+
+    def view(i):
+        """Clip frame i as the scene shows it: the median background with the window live."""
+        planes = []
+        for plane, still, scale in zip((y, u, v), background, (1, 2, 2)):
+            frame = still.copy()
+            rows, cols = slice(wy0 // scale, wy1 // scale), slice(wx0 // scale, wx1 // scale)
+            frame[rows, cols] = plane[i][rows, cols]
+            planes.append(frame[vy // scale:(vy + vh) // scale, vx // scale:(vx + vw) // scale])
+        return planes
+
+    min_area = MIN_AREA_PERCENT / 100 * vw * vh
+    y_background = background[0][vy:vy + vh, vx:vx + vw]
+
+    def motion(i, previous):
+        a, b = view(i)[0], view(previous)[0]
+        fa, fb = foreground(a, y_background), foreground(b, y_background)
+        return bool(changed(a, b)[(fa | fb) > 0].sum() >= 10)
+
+    forward = list(range(first, last + 1))
+    order = [first] * 40 + forward + [last] * 60 + forward[::-1] + [first] * 60 + forward + [last] * 40
+    b = Builder(out, "crossing", vw, vh, VTEST_FPS, seed=6)
+    for t, i in enumerate(order):
+        b.add(*view(i), t > 0 and motion(i, order[t - 1]))
+    return b.finish("one far-away person (0.05-0.3 % of the frame) crossing an empty yard three times, noise 2.5")
+
+
 def build(footage, out):
     """Builds every scene into `out`; returns the Y4M paths and the vtest check."""
     out.mkdir(parents=True, exist_ok=True)
     vtest = load_clip(footage / "vtest", 400)
-    counts, areas = check_vtest(vtest[0])
+    counts, areas = check_vtest(vtest[0], np.median(vtest[0], axis=0).astype(np.int16))
     check = {
         "frames": int(len(counts)),
         "frames_without_moving_person": int((counts == 0).sum()),
@@ -213,6 +274,7 @@ def build(footage, out):
         "person_area_percent_p90": float(100 * np.percentile(areas, 90)),
     }
     scenes = build_vtest_scenes(out, vtest)
+    scenes.append(build_crossing_scene(out, vtest))
     del vtest
     scenes.append(build_tree_scene(out, load_clip(footage / "tree", 68)))
     return scenes, check

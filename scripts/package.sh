@@ -182,7 +182,8 @@ shlib_depends() {
 # Depends for the binary of target $1: what dpkg-shlibdeps derives from the
 # libraries' symbol files (with minimum versions), plus the libcamera
 # package, which dpkg-shlibdeps cannot know when libcamera was built from
-# source by scripts/libcamera.sh, plus adduser for the postinst.
+# source by scripts/libcamera.sh, plus adduser for the postinst and procps
+# for the kill(1) of the unit's ExecReload=.
 package_depends() {
     local bin=$2 search=() extra=() soname out
     for soname in $(needed_libs "$bin"); do
@@ -195,7 +196,7 @@ package_depends() {
     done
     out=$(shlib_depends "${search[@]}" "$bin")
     [ -n "$out" ] || die "dpkg-shlibdeps found no dependencies for $bin"
-    echo "adduser, $out${extra[*]:+, ${extra[*]}}"
+    echo "adduser, procps, $out${extra[*]:+, ${extra[*]}}"
 }
 
 # Rewrites the Depends field of a built package.
@@ -288,6 +289,9 @@ verify_unit() {
     local root=$1 unitdir report
     unitdir=$(dirname "$(find "$root" -name camnode.service -path '*/systemd/system/*')")
     cp -an /lib/systemd/system/. "$unitdir/"
+    # ExecReload= runs the base system's kill, which every Debian root has
+    # and the package does not ship.
+    install -D /bin/kill "$root/bin/kill"
     report=$(systemd-analyze verify --root="$root" camnode.service 2>&1) ||
         die "systemd-analyze verify failed: $report"
     [ -z "$report" ] || die "systemd-analyze verify: $report"

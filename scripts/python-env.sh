@@ -67,7 +67,7 @@ if [[ ! -f "$ready" ]]; then
         "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
             --only-binary=:all: -r "$requirements" >&2 ||
             die "pip could not install $requirements into $venv (is PyPI reachable?)"
-        "$venv/bin/python" -c 'import cv2, imagezmq, numpy, zmq' ||
+        "$venv/bin/python" -c 'import cv2, imagezmq, numpy, zmq, selenium, prometheus_client' ||
             die "the packages installed into $venv do not import"
         echo "$interpreter" >"$ready"
         log "venv ready in $((SECONDS - started)) s"

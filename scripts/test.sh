@@ -4,7 +4,9 @@
 # so a second run takes minutes:
 #   1. build dependencies, libcamera 0.7 from Debian's source (host), and the
 #      Python venv with the real imagezmq, pyzmq and OpenCV;
-#   2. the whole Rust suite (unit, interop, faults, CURVE, GPIO, systemd);
+#   2. the whole Rust suite (unit, interop, faults, CURVE, GPIO, systemd, the
+#      hub with imagezmq workers and a JetStream cluster, the hub's console in
+#      Chromium, MQTT against mosquitto);
 #   3. the Pi features: libcamera end to end on the virtual camera, GPIO;
 #   4. cross builds for aarch64 and armv7, the suite under qemu-aarch64 (for
 #      armv7 the libcamera tests), smoke runs of both ARM binaries, and the
@@ -20,15 +22,18 @@ cd "$(dirname "$0")/.."
 step() { echo "=== test.sh: $* ($(date +%H:%M:%S))" >&2; }
 
 step "setup"
-# tcpdump: the CURVE test captures loopback traffic to prove it is encrypted.
-bash scripts/setup.sh tcpdump
+# tcpdump: the CURVE test captures loopback traffic to prove it is encrypted;
+# nats-server: the JetStream test runs a cluster of three;
+# chromium, chromium-driver: the console's browser test (tests/console.rs);
+# mosquitto, mosquitto-clients: the MQTT test's broker and its watcher (tests/mqtt.rs).
+bash scripts/setup.sh tcpdump nats-server chromium chromium-driver mosquitto mosquitto-clients
 # Exported before every cargo run, so all of them see the same
 # PKG_CONFIG_PATH (pkg-config build scripts rerun when it changes).
 eval "$(bash scripts/libcamera.sh host)"
 bash scripts/python-env.sh >/dev/null
 
-step "rust suite"
-cargo test --locked
+step "rust suite (with the hub's NATS feature, which only hub machines build)"
+cargo test --locked --features nats
 
 step "Pi features on the host: libcamera virtual camera, GPIO"
 cargo test --locked --features libcamera,gpio --lib --test libcamera_virtual --test gpio

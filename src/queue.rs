@@ -11,7 +11,10 @@ use std::time::Instant;
 
 pub struct Queue<T> {
     state: Mutex<State<T>>,
+    /// An item came, or the queue closed: for those waiting to pop.
     changed: Condvar,
+    /// An item left, or the queue closed: for those waiting to push.
+    room: Condvar,
     capacity: usize,
 }
 
@@ -34,7 +37,12 @@ pub enum TryPop<T> {
 impl<T> Queue<T> {
     /// A queue for `capacity` items that closes after `closers` calls to `close`.
     pub fn new(capacity: usize, closers: usize) -> Self {
-        Queue { state: Mutex::new(State { items: VecDeque::with_capacity(capacity), open: closers }), changed: Condvar::new(), capacity }
+        Queue {
+            state: Mutex::new(State { items: VecDeque::with_capacity(capacity), open: closers }),
+            changed: Condvar::new(),
+            room: Condvar::new(),
+            capacity,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State<T>> {
@@ -63,6 +71,26 @@ impl<T> Queue<T> {
         Ok(())
     }
 
+    /// Adds an item, waiting for room until `deadline`; the item comes back
+    /// if there is still none then, or once the queue is closed.
+    pub fn push_until(&self, item: T, deadline: Instant) -> Result<(), T> {
+        let mut state = self.lock();
+        while state.items.len() >= self.capacity && state.open > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(item);
+            }
+            state = self.room.wait_timeout(state, left).unwrap_or_else(PoisonError::into_inner).0;
+        }
+        if state.open == 0 {
+            return Err(item);
+        }
+        state.items.push_back(item);
+        drop(state);
+        self.changed.notify_one();
+        Ok(())
+    }
+
     /// The oldest item, waiting for one; `None` once closed and empty.
     pub fn pop(&self) -> Option<T> {
         self.pop_until(None)
@@ -74,6 +102,8 @@ impl<T> Queue<T> {
         let mut state = self.lock();
         loop {
             if let Some(item) = state.items.pop_front() {
+                drop(state);
+                self.room.notify_one();
                 return Some(item);
             }
             if state.open == 0 {
@@ -96,7 +126,11 @@ impl<T> Queue<T> {
     pub fn try_pop(&self) -> TryPop<T> {
         let mut state = self.lock();
         match state.items.pop_front() {
-            Some(item) => TryPop::Item(item),
+            Some(item) => {
+                drop(state);
+                self.room.notify_one();
+                TryPop::Item(item)
+            }
             None if state.open == 0 => TryPop::Closed,
             None => TryPop::Empty,
         }
@@ -114,6 +148,7 @@ impl<T> Queue<T> {
         state.open = state.open.saturating_sub(1);
         drop(state);
         self.changed.notify_all();
+        self.room.notify_all();
     }
 }
 
@@ -140,6 +175,21 @@ mod tests {
         let deadline = Instant::now() + Duration::from_millis(20);
         assert_eq!(queue.pop_until(Some(deadline)), None);
         assert!(Instant::now() >= deadline);
+    }
+
+    #[test]
+    fn a_push_waits_for_room_until_a_pop_or_the_deadline() {
+        let queue = Queue::new(1, 1);
+        queue.push(1);
+        let soon = Instant::now() + Duration::from_millis(20);
+        assert_eq!(queue.push_until(2, soon), Err(2));
+        assert!(Instant::now() >= soon);
+        std::thread::scope(|scope| {
+            let waiter = scope.spawn(|| queue.push_until(3, Instant::now() + Duration::from_secs(60)));
+            assert_eq!(queue.pop(), Some(1));
+            assert_eq!(waiter.join().unwrap(), Ok(()));
+        });
+        assert_eq!(queue.try_pop(), TryPop::Item(3));
     }
 
     #[test]

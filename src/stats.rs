@@ -35,8 +35,11 @@ pub struct RunStats {
     pub moving_frames: u64,
     /// Motion events started.
     pub events: u64,
-    /// Images encoded (JPEG or raw).
+    /// Images encoded (JPEG or raw) and sent.
     pub encoded: u64,
+    /// Frames encoded ahead in case an event started (the detector was
+    /// following something) that were then forgotten: encoding spent for nothing.
+    pub encoded_unsent: u64,
     /// Messages the transport delivered (REQ: replied to; PUB: handed to ZeroMQ).
     pub sent: u64,
     /// Messages dropped because the queue was full or the run ended before they went out.

@@ -25,7 +25,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::Result;
 use camnode::capture::{FrameSource, Synthetic, Y4mReader};
-use camnode::config::{Config, Rate, SendPolicy};
+use camnode::capture::Rate;
+use camnode::config::Config;
+use camnode::encode::SendPolicy;
 use camnode::flip::Flip;
 use camnode::frame::{Frame, FrameBuf};
 use camnode::pipeline::Pipeline;
@@ -168,6 +170,15 @@ impl FrameSource for Watched {
     fn maps_frames(&self) -> bool {
         self.owned && self.scene.maps_frames()
     }
+
+    /// Paced as a camera is: capture never waits for the network, so the
+    /// send queue overflows and drops before the hub comes, and every
+    /// buffer the node will need is made early. (A file at `--rate max`
+    /// would wait for room instead, and wait for ever for a hub that this
+    /// source starts only at frame `HUB_UP`.)
+    fn is_live(&self) -> bool {
+        true
+    }
 }
 
 /// How the test scene reaches the pipeline.
@@ -208,7 +219,7 @@ fn allocations_in_window(frames: Frames, workers: usize, send: SendPolicy, flip:
     let mut config = Config::default();
     config.node.name = "alloc".into();
     config.node.heartbeat = 0.0;
-    config.capture.rate = Rate::Max;
+    config.capture.rate = Some(Rate::Max);
     config.capture.flip = flip;
     config.encode.send = send;
     config.encode.workers = workers;

@@ -310,6 +310,35 @@ fn hub_jsonl(path: &Path) -> Vec<Got> {
         .collect()
 }
 
+/// A time-lapse node (`send = "all"`, `[spool] keep = "all"`) whose hub is
+/// down at start: every frame, not only those of events, waits in the spool
+/// and reaches the hub once it is up.
+#[test]
+fn spool_keep_all_keeps_every_frame_through_an_outage() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let port = free_port();
+    let hub_addr = format!("tcp://127.0.0.1:{port}");
+    let frames = 60;
+    let mut node = Proc::spawn(
+        "node",
+        &mut node(dir.path(), "lapse", &spool, &hub_addr, "[spool]\nkeep = \"all\"\n", &[
+            "--source", "synthetic:160x120", "--rate", "30", "--frames", &frames.to_string(), "--send", "all",
+        ]),
+    );
+    // The synthetic scene starts still: these are frames no event covers.
+    wait_until("20 frames are in the spool", Duration::from_secs(15), || spool_files(&spool) >= 20);
+    let jsonl = dir.path().join("hub.jsonl");
+    let mut hub = camnode_hub(port, &jsonl);
+    assert!(node.wait(Duration::from_secs(40)).success(), "{}", log(dir.path(), "lapse"));
+    hub.stop(Duration::from_secs(5));
+    let images: BTreeSet<u64> =
+        hub_jsonl(&jsonl).iter().filter(|g| g.node == "lapse" && g.msg.ends_with("|jpg")).map(|g| g.seq).collect();
+    let stats = stats(dir.path(), "lapse");
+    assert_eq!(images, (0..frames).collect::<BTreeSet<u64>>(), "images at the hub; node stats: {stats}");
+    assert_eq!(spool_files(&spool), 0, "the spool drained");
+}
+
 #[test]
 fn hub_down_at_start_then_up() {
     let dir = tempfile::tempdir().unwrap();

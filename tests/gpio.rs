@@ -13,12 +13,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use camnode::capture::SourceSpec;
-use camnode::config::{Config, Rate};
+use camnode::capture::Rate;
+use camnode::config::Config;
 use camnode::gpio::fake::{FakeGpio, Write};
 use camnode::gpio::led::FATAL_SHOW;
 use camnode::gpio::{ActiveLevel, Gpio, GpioConfig, Pull, TriggerMode};
 use camnode::hub::{Hub, HubConfig, Received};
-use camnode::pipeline::{Control, Pipeline};
+use camnode::control::Control;
+use camnode::pipeline::Pipeline;
 use camnode::stats::RunStats;
 use camnode::status::{NodeStatus, Phase};
 use support::{camnode, free_port, run_to_end};
@@ -43,7 +45,7 @@ fn led_renders_each_state_and_goes_off_on_a_clean_exit(active_low: bool) {
     let fake = FakeGpio::new();
     let status = Arc::new(NodeStatus::default());
     let config = GpioConfig { led_pin: Some(LED), led_active_low: active_low, ..Default::default() };
-    let (tx, _rx) = channel();
+    let (tx, _rx) = channel::<Control>();
     let gpio = Gpio::with_backend(&mut fake.clone(), &config, status.clone(), tx).unwrap();
     let lit = |w: &Write| w.high != active_low;
 
@@ -108,7 +110,7 @@ fn led_shows_the_fatal_pattern_before_exit() {
     let fake = FakeGpio::new();
     let status = Arc::new(NodeStatus::default());
     let config = GpioConfig { led_pin: Some(LED), ..Default::default() };
-    let (tx, _rx) = channel();
+    let (tx, _rx) = channel::<Control>();
     let gpio = Gpio::with_backend(&mut fake.clone(), &config, status.clone(), tx).unwrap();
     status.set_phase(Phase::Failed);
     let failed_at = Instant::now();
@@ -150,7 +152,7 @@ fn debounced_presses_become_trigger_messages() {
 fn a_pin_in_use_is_refused_naming_the_setting() {
     let mut fake = FakeGpio::new();
     let config = GpioConfig { led_pin: Some(LED), ..Default::default() };
-    let (tx, _rx) = channel();
+    let (tx, _rx) = channel::<Control>();
     let _first = Gpio::with_backend(&mut fake, &config, Arc::new(NodeStatus::default()), tx.clone()).unwrap();
     let err = Gpio::with_backend(&mut fake, &config, Arc::new(NodeStatus::default()), tx).err().unwrap();
     let err = format!("{err:#}");
@@ -242,7 +244,7 @@ fn count(received: &[Received], msg: &str) -> usize {
 fn still_scene() -> Config {
     let mut config = Config::default();
     config.motion.min_area_percent = 100.0;
-    config.capture.rate = Rate::Fps(50.0);
+    config.capture.rate = Some(Rate::Fps(50.0));
     config
 }
 
@@ -290,7 +292,7 @@ fn capture_mode_burst_shows_as_an_event_while_it_lasts() {
 /// The synthetic scene's walker crosses frames 60-119: a motion event.
 fn arm_mode_run(presses: u32) -> Vec<Received> {
     let mut config = Config::default();
-    config.capture.rate = Rate::Max;
+    config.capture.rate = Some(Rate::Max);
     config.capture.frames = 150;
     config.gpio.trigger_mode = TriggerMode::Arm;
     let (received, stats, _) = Node::start(config, presses).finish();

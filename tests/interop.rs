@@ -110,6 +110,33 @@ fn imagezmq_hub_receives_jpegs_over_req() {
     assert_eq!(summary["errors"], 0);
 }
 
+/// At `--rate max` a file, pipe or synthetic source waits for the network
+/// instead of dropping: against a hub that works 10 ms per message (the node
+/// makes a frame far faster) and the default queue of 16, all 100 frames
+/// arrive.
+#[test]
+fn a_source_without_a_clock_waits_for_a_slow_hub_at_rate_max() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("summary.json");
+    let (mut hub, lines) = python_hub(&["--mode", "req", "--port", "0", "--work-ms", "10"], &out);
+    let endpoint = expect_line(&lines, "READY", LIMIT).split_whitespace().nth(1).unwrap().replace("0.0.0.0", "127.0.0.1");
+    let stats_path = dir.path().join("stats.json");
+    let node = run_to_end(
+        "camnode run",
+        camnode()
+            .args(["run", "--source", "synthetic:640x480", "--rate", "max", "--frames", "100", "--send", "all", "--name", "lap"])
+            .args(["--hub", &endpoint, "--stats-json"])
+            .arg(&stats_path),
+        LIMIT,
+    );
+    assert!(node.status.success(), "{}", String::from_utf8_lossy(&node.stderr));
+    hub.stop(LIMIT);
+    let summary = read_json(&out);
+    let images = summary["messages"].as_array().unwrap().iter().filter(|m| m["msg"] == "lap Cam|jpg").count();
+    assert_eq!(images, 100, "every frame arrives");
+    assert_eq!(read_json(&stats_path)["dropped"], 0);
+}
+
 #[test]
 fn imagezmq_hub_receives_raw_arrays_with_dtype_and_shape() {
     let dir = tempfile::tempdir().unwrap();
@@ -117,17 +144,12 @@ fn imagezmq_hub_receives_raw_arrays_with_dtype_and_shape() {
     let (mut hub, lines) = python_hub(&["--mode", "req", "--port", "0", "--format", "raw"], &out);
     let endpoint = expect_line(&lines, "READY", LIMIT).split_whitespace().nth(1).unwrap().replace("0.0.0.0", "127.0.0.1");
     // Raw frames cost next to nothing to make, so at --rate max the node
-    // outruns a slow hub (under qemu) and a full queue drops images: room
-    // for the whole run keeps this test about the format.
-    let config = dir.path().join("camnode.toml");
-    std::fs::write(&config, "[transport]\nqueue = 64\n").unwrap();
+    // outruns the hub many times over: it waits for room instead of dropping.
     let node = run_to_end(
         "camnode run",
         camnode()
-            .args(["run", "--source", "synthetic:160x120", "--rate", "max", "--frames", "20", "--send", "all", "--format", "raw"])
-            .args(["--hub", &endpoint])
-            .arg("--config")
-            .arg(&config),
+            .args(["run", "--source", "synthetic:160x120", "--rate", "max", "--frames", "100", "--send", "all", "--format", "raw"])
+            .args(["--hub", &endpoint]),
         LIMIT,
     );
     assert!(node.status.success(), "{}", String::from_utf8_lossy(&node.stderr));
@@ -135,7 +157,7 @@ fn imagezmq_hub_receives_raw_arrays_with_dtype_and_shape() {
     hub.stop(LIMIT);
     let summary = read_json(&out);
     let images: Vec<_> = summary["messages"].as_array().unwrap().iter().filter(|m| m["msg"].as_str().unwrap().ends_with("|image")).cloned().collect();
-    assert_eq!(images.len(), 20);
+    assert_eq!(images.len(), 100);
     for image in &images {
         assert_eq!(image["dtype"], "uint8");
         assert_eq!(image["shape"], serde_json::json!([120, 160, 3]));

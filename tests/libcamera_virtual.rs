@@ -5,9 +5,15 @@
 //! The virtual camera reads its cameras from `virtual.yaml` in the data
 //! directory of the libcamera build, found through `LIBCAMERA_PREFIX` (set by
 //! `eval "$(scripts/libcamera.sh host)"`). The tests write that file once per
-//! run: a test pattern camera, and two cameras that replay folders of JPEGs
-//! made here from the background of camnode's synthetic scene, one with a
-//! figure walking across it, one where nothing moves.
+//! run: a test pattern camera, one that runs at 10 fps at most, and two
+//! cameras that replay folders of JPEGs made here from the background of
+//! camnode's synthetic scene, one with a figure walking across it, one where
+//! nothing moves.
+//!
+//! The virtual pipeline handler offers two controls, FrameDurationLimits (the
+//! frame rate) and FaceDetectMode: camera controls are tested here for what
+//! a camera lacks (an error naming the key, the camera and what it has), and
+//! for reaching the camera's requests with the one control it has.
 
 #![cfg(feature = "libcamera")]
 
@@ -62,6 +68,8 @@ fn virtual_cameras() {
         let yaml = [
             "%YAML 1.1\n---\n".to_string(),
             camera_entry("pattern", "camnode test pattern", &[(640, 480), (320, 240)], "test_pattern: \"bars\""),
+            camera_entry("slow", "camnode slow camera", &[(320, 240)], "test_pattern: \"lines\"")
+                .replace("frame_rates: [1, 60]", "frame_rates: [10, 10]"),
             camera_entry("walk", "camnode walking clip", &[(320, 240)], &frames_from(&walk)),
             camera_entry("still", "camnode still clip", &[(320, 240)], &frames_from(&still)),
         ]
@@ -194,15 +202,34 @@ fn cameras_lists_ids_models_formats_and_sizes() {
     let output = run_to_end("camnode cameras", camnode().arg("cameras"), LIMIT);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let text = String::from_utf8(output.stdout).unwrap();
-    assert!(text.contains("3 camera(s)"), "{text}");
-    for (id, model) in
-        [("pattern", "camnode test pattern"), ("walk", "camnode walking clip"), ("still", "camnode still clip")]
-    {
+    assert!(text.contains("4 camera(s)"), "{text}");
+    for (id, model) in [
+        ("pattern", "camnode test pattern"),
+        ("slow", "camnode slow camera"),
+        ("walk", "camnode walking clip"),
+        ("still", "camnode still clip"),
+    ] {
         assert!(text.lines().any(|l| l == id), "camera {id} missing:\n{text}");
         assert!(text.contains(&format!("model: {model}")), "{text}");
     }
     assert!(text.contains("NV12 (camnode uses this)"), "{text}");
     assert!(text.contains("640x480") && text.contains("320x240"), "{text}");
+    assert!(text.contains("FrameDurationLimits  (rate) 16666 to 1000000"), "{text}");
+    assert!(text.contains("frame rates: 10.00 to 10.00 fps"), "{text}");
+}
+
+#[test]
+fn cameras_json_lists_controls_with_ranges_for_scripts() {
+    virtual_cameras();
+    let output = run_to_end("camnode cameras --json", camnode().args(["cameras", "--json"]), LIMIT);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let all: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let slow = all["cameras"].as_array().unwrap().iter().find(|c| c["id"] == "slow").expect("no camera slow");
+    assert_eq!(slow["default_size"], "320x240");
+    assert_eq!(slow["frame_rates"], serde_json::json!([10.0, 10.0]));
+    let rate = slow["controls"].as_array().unwrap().iter().find(|c| c["name"] == "FrameDurationLimits").unwrap();
+    assert_eq!((&rate["key"], &rate["min"], &rate["max"]), (&"rate".into(), &100000.into(), &100000.into()));
+    assert!(slow["controls"].as_array().unwrap().iter().any(|c| c["name"] == "FaceDetectMode" && c["key"].is_null()));
 }
 
 #[test]
@@ -337,4 +364,106 @@ fn wrong_camera_size_and_rate_say_what_is_supported() {
     assert!(err.contains("cannot capture 640x480") && err.contains("one of: 320x240"), "{err}");
     let err = failure(&["run", "--source", "libcamera:pattern", "--frames", "1", "--rate", "120"], None);
     assert!(err.contains("cannot run at 120 fps") && err.contains("1.00 to 60.00 fps"), "{err}");
+    let err = failure(&["run", "--source", "libcamera:slow", "--frames", "1", "--rate", "30"], None);
+    assert!(err.contains("camera slow cannot run at 30 fps: it supports 10.00 to 10.00 fps"), "{err}");
+}
+
+/// Runs `camnode ARGS` to the end with camnode's info lines; returns stderr.
+fn success(args: &[&str], config: Option<&str>) -> String {
+    virtual_cameras();
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = camnode();
+    command.args(args).env("RUST_LOG", "camnode=info");
+    with_config(&mut command, dir.path(), config);
+    let output = run_to_end("camnode", &mut command, LIMIT);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "camnode {args:?} failed: {stderr}");
+    stderr
+}
+
+#[test]
+fn without_a_rate_a_camera_runs_at_its_highest_up_to_30_fps() {
+    let port = free_port().to_string();
+    let pub_args = ["--mode", "pub", "--hub"];
+    let said = success(&[&["run", "--source", "libcamera:slow", "--frames", "5"][..], &pub_args, &[&format!("tcp://127.0.0.1:{port}")]].concat(), None);
+    assert!(said.contains("camera slow runs at 10.00 fps, the most it can do at this size"), "{said}");
+    assert!(said.contains("controls at start: FrameDurationLimits = [100000, 100000]"), "{said}");
+    let said = success(&[&["run", "--source", "libcamera:pattern", "--frames", "5"][..], &pub_args, &[&format!("tcp://127.0.0.1:{port}")]].concat(), None);
+    assert!(said.contains("camera pattern runs at 30.00 fps, its highest up to 30"), "{said}");
+}
+
+#[test]
+fn a_control_the_camera_lacks_is_an_error_or_with_strict_controls_false_a_warning() {
+    let err = failure(&["run", "--source", "libcamera:pattern", "--frames", "1", "--awb", "daylight"], Some("[capture]\nshutter = \"10ms\"\n"));
+    assert!(err.contains("[capture] awb = \"daylight\": camera pattern has no AwbMode control"), "{err}");
+    assert!(err.contains("[capture] shutter = 10000us: camera pattern has no ExposureTime control"), "{err}");
+    assert!(err.contains("it has: FaceDetectMode, FrameDurationLimits"), "{err}");
+    assert!(err.contains("strict_controls = false"), "{err}");
+    let (records, stats) = run_into_hub(
+        &["--source", "libcamera:pattern", "--frames", "10", "--send", "all", "--awb", "daylight", "--strict-controls", "false"],
+        None,
+    );
+    assert_eq!(images(&records).len(), 10, "images stopped for a control left out");
+    assert_eq!(stats["frames"], 10);
+}
+
+#[test]
+fn reloaded_controls_reach_the_next_request_and_a_control_the_camera_lacks_refuses_the_reload() {
+    virtual_cameras();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("camnode.toml");
+    let port = free_port();
+    let config = |extra: &str| {
+        format!("[capture]\nsource = \"libcamera:pattern\"\nrate = 20\n{extra}[node]\nheartbeat = 0\n[transport]\nmode = \"pub\"\nhub = \"tcp://127.0.0.1:{port}\"\n")
+    };
+    std::fs::write(&file, config("")).unwrap();
+    let mut node = Proc::spawn(
+        "camnode run",
+        camnode().arg("run").arg("--config").arg(&file).env("RUST_LOG", "camnode=info").stderr(Stdio::piped()),
+    );
+    let said = line_channel(std::io::BufReader::new(node.child.as_mut().unwrap().stderr.take().unwrap()));
+    expect_line(&said, "controls at start: FrameDurationLimits = [50000, 50000]", LIMIT);
+    expect_line(&said, "capturing 640x480", LIMIT);
+
+    // What the request carried is read back from it once it completes:
+    // libcamera checked it against the camera, the pipeline handler had it.
+    std::fs::write(&file, config("").replace("rate = 20", "rate = 5")).unwrap();
+    node.signal(libc::SIGHUP);
+    expect_line(&said, "reloaded: [capture] rate", LIMIT);
+    expect_line(&said, "came with the new controls: FrameDurationLimits = [200000, 200000]", LIMIT);
+
+    std::fs::write(&file, config("awb = \"cloudy\"\n").replace("rate = 20", "rate = 10")).unwrap();
+    node.signal(libc::SIGHUP);
+    let refused = expect_line(&said, "reload refused", LIMIT);
+    assert!(refused.contains("[capture] awb = \"cloudy\": camera pattern has no AwbMode control"), "{refused}");
+    // Refused whole: the rate that came with it did not change either.
+    std::fs::write(&file, config("").replace("rate = 20", "rate = 5")).unwrap();
+    node.signal(libc::SIGHUP);
+    expect_line(&said, "reload: nothing to change", LIMIT);
+    node.signal(libc::SIGTERM);
+    assert!(node.wait(LIMIT).success());
+}
+
+#[test]
+fn doctor_names_a_missing_camera_and_passes_a_present_one() {
+    virtual_cameras();
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let doctor = |source: &str| {
+        let path = dir.path().join("camnode.toml");
+        // Nothing answers at the hub address: the camera lines are what count here.
+        let config = format!("[capture]\nsource = \"{source}\"\n[transport]\nreply_timeout = 0.1\n[spool]\ndir = \"{}\"\n", spool.display());
+        std::fs::write(&path, config).unwrap();
+        let output = run_to_end("camnode doctor", camnode().arg("doctor").arg("--config").arg(&path), LIMIT);
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let text = doctor("libcamera:front");
+    let camera = text.lines().position(|l| l.starts_with("[FAIL] camera ")).unwrap_or_else(|| panic!("{text}"));
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[camera].contains("no camera with that id; cameras: pattern, slow, walk, still"), "{text}");
+    assert!(lines[camera + 1].trim_start().starts_with("fix: "), "{text}");
+    let text = doctor("libcamera:slow");
+    for name in ["libcamera", "camera", "camera use", "capture"] {
+        assert!(text.lines().any(|l| l.starts_with(&format!("[ ok ] {name} "))), "{name} did not pass:\n{text}");
+    }
 }

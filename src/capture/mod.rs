@@ -5,6 +5,8 @@
 //! is what lets a camera buffer go back to the driver as soon as the pipeline
 //! is done with it. [`open`] picks the variant from a `--source` spec.
 
+mod config;
+pub mod controls;
 mod i420;
 mod jpeg_dir;
 #[cfg(feature = "libcamera")]
@@ -19,6 +21,7 @@ use std::str::FromStr;
 use anyhow::Result;
 
 use crate::frame::{Frame, FrameBuf};
+pub use config::{CaptureConfig, Rate, Size, DEFAULT_FILE_FPS};
 pub use i420::I420Reader;
 pub use jpeg_dir::JpegDir;
 pub use synthetic::Synthetic;
@@ -66,6 +69,14 @@ pub trait FrameSource: Send {
     /// Frames the source itself had to drop because the pipeline was late.
     fn dropped(&self) -> u64 {
         0
+    }
+
+    /// Takes the rate and camera controls of a reloaded `[capture]`, from
+    /// the next frame on, without stopping. An error leaves the source as
+    /// it was. Sources without a camera have nothing to change: the
+    /// pipeline paces them.
+    fn retune(&mut self, _capture: &CaptureConfig) -> Result<()> {
+        Ok(())
     }
 }
 
@@ -144,36 +155,30 @@ pub fn parse_size(text: &str) -> std::result::Result<(usize, usize), String> {
     Ok((width, height))
 }
 
-/// Settings a source needs besides its spec.
-#[derive(Clone, Debug, Default)]
-pub struct OpenOptions {
-    /// Requested capture size for cameras (`None`: the camera's default).
-    pub size: Option<(usize, usize)>,
-    /// Requested frame rate for cameras.
-    pub fps: Option<f64>,
-    /// Flip wanted by the user; a camera may apply it in hardware.
-    pub flip: crate::flip::Flip,
-    /// Seed of the synthetic scene.
-    pub seed: u64,
-}
-
-/// Opens the source a spec names.
-pub fn open(spec: &SourceSpec, options: &OpenOptions) -> Result<Box<dyn FrameSource>> {
-    Ok(match spec {
-        SourceSpec::Synthetic { width, height } => Box::new(Synthetic::new(*width, *height, options.seed)),
+/// Opens the source `[capture]` names, at its size and rate, with its controls.
+pub fn open(capture: &CaptureConfig) -> Result<Box<dyn FrameSource>> {
+    if !matches!(capture.source, SourceSpec::Libcamera { .. }) {
+        let set = capture.controls_set();
+        if !set.is_empty() {
+            log::warn!("[capture] {} set, but source {} is not a camera: ignored", set.join(", "), capture.source);
+        }
+    }
+    Ok(match &capture.source {
+        SourceSpec::Synthetic { width, height } => Box::new(Synthetic::new(*width, *height, capture.seed)),
         SourceSpec::Y4m(path) => Box::new(Y4mReader::open(path)?),
         SourceSpec::JpegDir(dir) => Box::new(JpegDir::open(dir)?),
         SourceSpec::I420 { width, height, path } => Box::new(I420Reader::open(*width, *height, path)?),
         #[cfg(feature = "libcamera")]
-        SourceSpec::Libcamera { camera } => Box::new(libcamera::LibcameraSource::open(camera.as_deref(), options)?),
+        SourceSpec::Libcamera { camera } => Box::new(libcamera::LibcameraSource::open(camera.as_deref(), capture)?),
         #[cfg(not(feature = "libcamera"))]
-        SourceSpec::Libcamera { .. } => anyhow::bail!(
-            "source 'libcamera' is not available: this camnode was built without the `libcamera` feature; \
-             rebuild with `cargo build --release --features libcamera`, or pipe frames in with \
-             `rpicam-vid --codec yuv420 -o - | camnode run --source i420:WxH:-`"
-        ),
+        SourceSpec::Libcamera { .. } => anyhow::bail!("{NO_LIBCAMERA}"),
     })
 }
+
+/// Why `libcamera` sources fail in a build without the feature, and what to do.
+pub const NO_LIBCAMERA: &str = "source 'libcamera' is not available: this camnode was built without the `libcamera` feature; \
+     rebuild with `cargo build --release --features libcamera`, or pipe frames in with \
+     `rpicam-vid --codec yuv420 -o - | camnode run --source i420:WxH:-`";
 
 #[cfg(test)]
 mod tests {

@@ -4,6 +4,7 @@
 //! its compressor, scratch buffers and output stay allocated. [`EncodePool`]
 //! runs one encoder per worker thread and keeps the output in capture order.
 
+mod config;
 mod pool;
 mod raw;
 
@@ -14,8 +15,8 @@ use anyhow::{bail, Context, Result};
 use turbojpeg::Subsamp;
 use turbojpeg_sys as tj;
 
-use crate::config::Format;
 use crate::frame::{chroma_size, Frame, PixelLayout};
+pub use config::{EncodeConfig, Format, SendPolicy};
 pub use pool::{worker_count, EncodePool};
 pub use raw::i420_to_bgr;
 
@@ -32,6 +33,14 @@ impl Encoder {
             Format::Jpg => Encoder::Jpeg(JpegEncoder::new(quality)?),
             Format::Raw => Encoder::Raw,
         })
+    }
+
+    /// Sets the JPEG quality of the frames encoded from now on.
+    pub fn set_quality(&mut self, quality: u8) -> Result<()> {
+        match self {
+            Encoder::Jpeg(jpeg) => jpeg.set_quality(quality),
+            Encoder::Raw => Ok(()),
+        }
     }
 
     /// Encodes `frame` into `out` (cleared first).
@@ -85,19 +94,29 @@ impl JpegEncoder {
         // SAFETY: tj3Init takes a plain enum value; null means it failed.
         let handle = NonNull::new(unsafe { tj::tj3Init(tj::TJINIT_TJINIT_COMPRESS as c_int) })
             .context("cannot create a JPEG compressor (out of memory?)")?;
-        let encoder = JpegEncoder { handle, u: Vec::new(), v: Vec::new() };
+        let mut encoder = JpegEncoder { handle, u: Vec::new(), v: Vec::new() };
         // Never reallocate: the output is a payload buffer that holds the worst case.
         for (param, value) in [
             (tj::TJPARAM_TJPARAM_QUALITY, quality.into()),
             (tj::TJPARAM_TJPARAM_SUBSAMP, tj::TJSAMP_TJSAMP_420 as c_int),
             (tj::TJPARAM_TJPARAM_NOREALLOC, 1),
         ] {
-            // SAFETY: a valid handle and a parameter id of this library version.
-            if unsafe { tj::tj3Set(encoder.handle.as_ptr(), param as c_int, value) } != 0 {
-                bail!("cannot set up the JPEG compressor (quality {quality}): {}", encoder.last_error());
-            }
+            encoder.set(param, value).with_context(|| format!("cannot set up the JPEG compressor (quality {quality})"))?;
         }
         Ok(encoder)
+    }
+
+    /// Sets the quality of the frames encoded from now on.
+    pub fn set_quality(&mut self, quality: u8) -> Result<()> {
+        self.set(tj::TJPARAM_TJPARAM_QUALITY, quality.into()).with_context(|| format!("cannot set JPEG quality {quality}"))
+    }
+
+    fn set(&mut self, param: tj::TJPARAM, value: c_int) -> Result<()> {
+        // SAFETY: a valid handle and a parameter id of this library version.
+        if unsafe { tj::tj3Set(self.handle.as_ptr(), param as c_int, value) } != 0 {
+            bail!("{}", self.last_error());
+        }
+        Ok(())
     }
 
     fn last_error(&self) -> String {

@@ -30,7 +30,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 
 use super::Encoder;
-use crate::config::Format;
+use super::Format;
 use crate::frame::{Captured, FrameBuf, Spares};
 use crate::queue::{Queue, TryPop};
 use crate::stats::thread_cpu_time;
@@ -70,6 +70,8 @@ pub fn worker_count(setting: usize) -> usize {
 /// Encoders, inline or on worker threads, with in-order output.
 pub struct EncodePool {
     mode: Mode,
+    /// JPEG quality; each job carries it to its worker.
+    quality: u8,
     /// Messages in send order; `front` is the ticket of the first.
     queue: VecDeque<Slot>,
     front: u64,
@@ -108,6 +110,7 @@ struct Job {
     ticket: u64,
     frame: FrameBuf,
     message: Message,
+    quality: u8,
 }
 
 struct Done {
@@ -127,7 +130,16 @@ impl EncodePool {
         } else {
             Mode::Workers(Workers::start(workers, format, quality)?)
         };
-        Ok(EncodePool { mode, queue: VecDeque::with_capacity(QUEUE_SLOTS), front: 0, failure: None })
+        Ok(EncodePool { mode, quality, queue: VecDeque::with_capacity(QUEUE_SLOTS), front: 0, failure: None })
+    }
+
+    /// Sets the JPEG quality of the frames handed over from now on (a reload).
+    pub fn set_quality(&mut self, quality: u8) -> Result<()> {
+        if let Mode::Inline(encoder, _) = &mut self.mode {
+            encoder.set_quality(quality)?;
+        }
+        self.quality = quality;
+        Ok(())
     }
 
     /// The most messages this pool holds at once, besides event messages
@@ -195,7 +207,7 @@ impl EncodePool {
                 let ticket = self.front + self.queue.len() as u64;
                 self.queue.push_back(Slot::Encoding);
                 workers.in_flight += 1;
-                workers.jobs.push(Job { ticket, frame: frame.keep(spares), message });
+                workers.jobs.push(Job { ticket, frame: frame.keep(spares), message, quality: self.quality });
             }
         }
         Ok(())
@@ -284,7 +296,7 @@ impl Workers {
             let (jobs, done) = (jobs.clone(), done.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("encode-{index}"))
-                .spawn(move || work(encoder, &jobs, &done))
+                .spawn(move || work(encoder, quality, &jobs, &done))
                 .context("cannot start an encoder worker thread")?;
             threads.push(thread);
         }
@@ -316,7 +328,7 @@ fn most_in_flight(workers: usize) -> usize {
 }
 
 /// A worker: encode jobs until the queue closes.
-fn work(mut encoder: Encoder, jobs: &Queue<Job>, done: &Queue<Done>) {
+fn work(mut encoder: Encoder, mut quality: u8, jobs: &Queue<Job>, done: &Queue<Done>) {
     // However this thread ends, the pool must hear of it, not wait forever.
     struct Leaving<'a>(&'a Queue<Done>);
     impl Drop for Leaving<'_> {
@@ -325,11 +337,15 @@ fn work(mut encoder: Encoder, jobs: &Queue<Job>, done: &Queue<Done>) {
         }
     }
     let _leaving = Leaving(done);
-    while let Some(Job { ticket, frame, mut message }) = jobs.pop() {
+    while let Some(Job { ticket, frame, mut message, quality: wanted }) = jobs.pop() {
         let started = thread_cpu_time();
+        let tuned = if wanted == quality { Ok(()) } else { encoder.set_quality(wanted) };
+        quality = wanted;
         // A panic becomes an error, reported by the pool's next call.
-        let result = catch_unwind(AssertUnwindSafe(|| encoder.encode(&frame.as_frame(), &mut message.payload)))
-            .unwrap_or_else(|_| Err(anyhow!("an encoder worker panicked on frame {}", frame.seq)));
+        let result = tuned.and_then(|()| {
+            catch_unwind(AssertUnwindSafe(|| encoder.encode(&frame.as_frame(), &mut message.payload)))
+                .unwrap_or_else(|_| Err(anyhow!("an encoder worker panicked on frame {}", frame.seq)))
+        });
         done.push(Done { ticket, frame, message, result, cpu: thread_cpu_time() - started });
     }
 }

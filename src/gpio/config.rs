@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Checker;
+use crate::settings::Checker;
 
 /// Settings of the status LED and the trigger input.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -112,12 +112,18 @@ impl GpioConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Config, ConfigOrigin};
+    use crate::settings::ConfigOrigin;
+
+    fn problems(gpio: &GpioConfig) -> String {
+        let origin = ConfigOrigin::default();
+        let mut check = Checker::new(&origin);
+        gpio.check(&mut check);
+        check.finish().err().map(|e| e.to_string()).unwrap_or_default()
+    }
 
     #[test]
     fn section_parses_with_its_defaults() {
-        let config: Config = toml::from_str("[gpio]\nled_pin = 17\ntrigger_pin = 27\ntrigger_mode = \"arm\"\ntrigger_pull = \"none\"\ntrigger_active = \"high\"\n").unwrap();
-        let gpio = &config.gpio;
+        let gpio: GpioConfig = toml::from_str("led_pin = 17\ntrigger_pin = 27\ntrigger_mode = \"arm\"\ntrigger_pull = \"none\"\ntrigger_active = \"high\"\n").unwrap();
         assert_eq!((gpio.led_pin, gpio.trigger_pin), (Some(17), Some(27)));
         assert_eq!((gpio.trigger_mode, gpio.trigger_pull, gpio.trigger_active), (TriggerMode::Arm, Pull::None, ActiveLevel::High));
         assert_eq!((gpio.debounce_ms, gpio.trigger_frames, gpio.required), (50, 10, true));
@@ -128,8 +134,7 @@ mod tests {
     #[test]
     fn bad_pins_are_named_with_a_fix() {
         let gpio = GpioConfig { led_pin: Some(40), trigger_pin: Some(40), trigger_frames: 0, ..Default::default() };
-        let config = Config { gpio, ..Default::default() };
-        let err = config.validate(&ConfigOrigin::default()).unwrap_err().to_string();
+        let err = problems(&gpio);
         assert!(err.contains("[gpio] led_pin = 40") && err.contains("0 to 27"), "{err}");
         assert!(err.contains("[gpio] trigger_pin = 40") && err.contains("the LED already uses this GPIO"), "{err}");
         assert!(err.contains("[gpio] trigger_frames = 0"), "{err}");
@@ -137,7 +142,7 @@ mod tests {
 
     #[test]
     fn unknown_choices_fail_at_load() {
-        let err = toml::from_str::<Config>("[gpio]\ntrigger_pull = \"sideways\"\n").unwrap_err().to_string();
+        let err = toml::from_str::<GpioConfig>("trigger_pull = \"sideways\"\n").unwrap_err().to_string();
         assert!(err.contains("sideways") && err.contains("up"), "{err}");
     }
 }

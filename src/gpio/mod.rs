@@ -11,7 +11,7 @@
 //!
 //! Nothing here is called from the capture path. The LED renders
 //! [`NodeStatus`] on its own thread; the trigger turns debounced presses into
-//! [`Control::Trigger`] messages on the pipeline's control channel, and the
+//! [`trigger::Pressed`] messages on the pipeline's control channel, and the
 //! pipeline decides what a press means.
 
 mod config;
@@ -31,8 +31,8 @@ use log::{info, warn};
 pub use config::{ActiveLevel, GpioConfig, Pull, TriggerMode};
 use led::Led;
 
-use crate::pipeline::Control;
 use crate::status::NodeStatus;
+use trigger::Pressed;
 
 /// A level change on an input pin, as the kernel reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,7 +75,11 @@ impl Gpio {
     /// Starts what `[gpio]` configures on this machine's GPIO. `None` when no
     /// pin is configured, or when the pins cannot be used and `required =
     /// false` (after one warning).
-    pub fn start(config: &GpioConfig, status: Arc<NodeStatus>, controls: Sender<Control>) -> Result<Option<Gpio>> {
+    pub fn start<C: From<Pressed> + Send + 'static>(
+        config: &GpioConfig,
+        status: Arc<NodeStatus>,
+        controls: Sender<C>,
+    ) -> Result<Option<Gpio>> {
         if !config.is_configured() {
             return Ok(None);
         }
@@ -93,7 +97,12 @@ impl Gpio {
     }
 
     /// Starts the LED and the trigger on `backend`.
-    pub fn with_backend(backend: &mut dyn Backend, config: &GpioConfig, status: Arc<NodeStatus>, controls: Sender<Control>) -> Result<Gpio> {
+    pub fn with_backend<C: From<Pressed> + Send + 'static>(
+        backend: &mut dyn Backend,
+        config: &GpioConfig,
+        status: Arc<NodeStatus>,
+        controls: Sender<C>,
+    ) -> Result<Gpio> {
         let led = match config.led_pin {
             Some(pin) => {
                 let output = backend.output(pin, config.led_active_low).with_context(|| format!("cannot drive [gpio] led_pin = {pin}"))?;

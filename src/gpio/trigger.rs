@@ -1,5 +1,5 @@
-//! The trigger input: a button or a PIR sensor on one pin, turned into
-//! [`Control::Trigger`] messages for the pipeline, one per press.
+//! The trigger input: a button or a PIR sensor on one pin, turned into one
+//! [`Pressed`] message per press on the pipeline's control channel.
 //!
 //! A mechanical contact bounces for a few milliseconds when it closes and
 //! again when it opens, and each bounce is an edge. The rule used here: an
@@ -18,7 +18,12 @@ use anyhow::Result;
 use log::{debug, info};
 
 use super::{ActiveLevel, Backend, Edge, GpioConfig, InputPin};
-use crate::pipeline::Control;
+
+/// A debounced press of the trigger input. The control channel's message
+/// type is made from it (`From<Pressed>`), so that this module needs to know
+/// nothing of what else travels there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pressed;
 
 /// Turns raw edges into presses.
 #[derive(Clone, Debug)]
@@ -43,8 +48,13 @@ impl Debouncer {
 }
 
 /// Claims the trigger pin; until the returned pin is dropped, each press
-/// sends [`Control::Trigger`] to `controls`.
-pub fn watch(backend: &mut dyn Backend, pin: u8, config: &GpioConfig, controls: Sender<Control>) -> Result<Box<dyn InputPin>> {
+/// sends [`Pressed`] to `controls`.
+pub fn watch<C: From<Pressed> + Send + 'static>(
+    backend: &mut dyn Backend,
+    pin: u8,
+    config: &GpioConfig,
+    controls: Sender<C>,
+) -> Result<Box<dyn InputPin>> {
     let mut debouncer = Debouncer::new(config.trigger_active, Duration::from_millis(config.debounce_ms.into()));
     let input = backend.input(
         pin,
@@ -53,7 +63,7 @@ pub fn watch(backend: &mut dyn Backend, pin: u8, config: &GpioConfig, controls: 
             if debouncer.edge(edge) {
                 debug!("trigger pressed (GPIO{pin})");
                 // A closed channel means the pipeline has stopped: the press has nowhere to go.
-                let _ = controls.send(Control::Trigger);
+                let _ = controls.send(Pressed.into());
             } else {
                 debug!("GPIO{pin} edge to {} ignored", if edge.high { "high" } else { "low" });
             }

@@ -245,6 +245,13 @@ impl Blobs {
         }
     }
 
+    /// Frames in a row the longest-followed candidate (or accepted object)
+    /// has been seen, as of the last `accept`; 0 when there is none. Light
+    /// jumps leave it as it was: objects do not jump when the light does.
+    pub fn followed_for(&self) -> u32 {
+        self.previous.iter().map(|b| b.age).max().unwrap_or(0)
+    }
+
     /// The verdict on the blob that holds cell `i`, if the cell changed.
     #[inline]
     pub fn verdict_at(&self, i: usize) -> Option<Verdict> {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Checker;
+use crate::settings::Checker;
 
 /// Settings of the motion detector. The defaults are what the evaluation in
 /// `eval/` measures; most cameras need nothing else than an ROI or a mask.
@@ -34,8 +34,11 @@ pub struct MotionConfig {
     pub min_motion_frames: u32,
     /// Still frames in a row that end an event: the quiet time, or event gap (default 3).
     pub min_still_frames: u32,
-    /// Frames before an event's start that are sent with it, kept raw until
-    /// the event is confirmed (default 3, so the frames that confirmed it are not lost).
+    /// The most frames before an event's start that are sent with it: those
+    /// from just before the detector first saw what started it, which for a
+    /// small or far-away object can be several frames before it counted.
+    /// The newest 3 are kept raw, older ones JPEG-encoded while the detector
+    /// follows something (with `format = "raw"` all are kept raw) (default 10).
     pub pre_event_frames: usize,
     /// Frames sent after an event ends (default 0).
     pub post_event_frames: u32,
@@ -62,7 +65,7 @@ impl Default for MotionConfig {
             light_reset_percent: 60.0,
             min_motion_frames: 3,
             min_still_frames: 3,
-            pre_event_frames: 3,
+            pre_event_frames: 10,
             post_event_frames: 0,
             roi: Vec::new(),
             mask_file: None,
@@ -142,7 +145,7 @@ mod tests {
 
     #[test]
     fn bad_values_are_reported_with_the_key() {
-        let origin = crate::config::ConfigOrigin::default();
+        let origin = crate::settings::ConfigOrigin::default();
         let mut check = Checker::new(&origin);
         let config = MotionConfig { noise_factor: 0.0, mask_file: Some("/nonexistent/mask.pgm".into()), ..Default::default() };
         config.check(&mut check);

@@ -43,7 +43,11 @@
 //! The report carries a score (the largest object that passed every test
 //! but the size, in percent of the watched area) against its threshold
 //! (`min_area_percent`), so that the score reaches the threshold exactly when
-//! the frame shows motion, and the boxes of the accepted objects. All buffers are sized in
+//! the frame shows motion, and the boxes of the accepted objects. It also
+//! says for how many frames the detector has been following what it sees:
+//! a small object is accepted only after several frames, and the frames
+//! from when it was first seen are what the pipeline sends before the
+//! event's start. All buffers are sized in
 //! [`MotionDetector::new`]; `process` allocates nothing.
 
 mod blobs;
@@ -180,6 +184,14 @@ pub struct MotionReport {
     pub boxes: Vec<BoundingBox>,
     /// The light changed beyond compensation and the background was relearnt.
     pub light_jump: bool,
+    /// Frames in a row, this one included, in which the longest-followed
+    /// accepted object has been seen, first as a candidate (0: none is
+    /// accepted). On the frame that starts an event, the `seen_for - 1`
+    /// frames before it already showed what started it.
+    pub seen_for: u32,
+    /// The same for every object followed, candidates included: frames
+    /// older than this cannot show anything that may still become an event.
+    pub followed_for: u32,
 }
 
 /// The motion detector: feed it every frame in order.
@@ -450,6 +462,8 @@ impl MotionDetector {
         }
         report.score = 100.0 * largest as f32 / self.watched_cells as f32;
         report.active = !self.accepted.is_empty();
+        report.seen_for = self.accepted.iter().map(|&i| blobs[i as usize].age).max().unwrap_or(0);
+        report.followed_for = self.blobs.followed_for();
         report.event = self.hysteresis.update(report.active);
         report.state = self.hysteresis.state();
         report
@@ -465,22 +479,29 @@ mod tests {
     const H: usize = 240;
 
     /// A textured scene with sensor noise; `object` is an optional dark
-    /// rectangle `(x, y, w, h)` and `gain` the light.
+    /// rectangle `(x, y, w, h)` and `gain` the light. With `waving`, a patch
+    /// of foliage whose leaves shift at random every frame.
     struct Scene {
         buf: FrameBuf,
         rng: u64,
+        waving: bool,
     }
 
     impl Scene {
         fn new() -> Self {
-            Scene { buf: FrameBuf::new(W, H), rng: 0x2545_F491_4F6C_DD1D }
+            Scene { buf: FrameBuf::new(W, H), rng: 0x2545_F491_4F6C_DD1D, waving: false }
         }
 
         fn frame(&mut self, object: Option<(usize, usize, usize, usize)>, gain: f32) -> Frame<'_> {
             let (y_plane, _, _) = self.buf.planes_mut();
+            // Leaves 3 pixels wide in a 60x40 patch, shifted 0-2 pixels each frame.
+            let sway = (self.rng % 3) as usize;
             for (i, p) in y_plane.iter_mut().enumerate() {
                 let (x, y) = (i % W, i / W);
                 let mut v = 60.0 + 100.0 * y as f32 / H as f32 + if (x / 16 + y / 8) % 2 == 0 { 15.0 } else { 0.0 };
+                if self.waving && (220..280).contains(&x) && (20..60).contains(&y) {
+                    v = if ((x + sway) / 3 + (y / 4) * 7) % 5 < 2 { 70.0 } else { 120.0 };
+                }
                 if let Some((ox, oy, ow, oh)) = object {
                     if (ox..ox + ow).contains(&x) && (oy..oy + oh).contains(&y) {
                         v = 30.0;
@@ -515,12 +536,18 @@ mod tests {
         for _ in 0..20 {
             detector.process(&scene.frame(None, 1.0));
         }
-        // 6x14 pixels: 0.11 % of the frame, walking 2 pixels a frame.
+        // 6x14 pixels: 0.11 % of the frame, walking 2 pixels a frame: a
+        // small object, which counts only once followed for several frames.
         let mut first_seen = None;
         for step in 0..60 {
             let x = 40 + 2 * step;
             let report = detector.process(&scene.frame(Some((x, 120, 6, 14)), 1.0));
+            assert_eq!(report.followed_for as usize, step + 1, "followed since it appeared, at step {step}");
             if report.active {
+                if first_seen.is_none() {
+                    // The frames before an event that show it: all since it appeared.
+                    assert_eq!(report.seen_for as usize, step + 1);
+                }
                 first_seen.get_or_insert(step);
                 let b = report.boxes[0];
                 assert!(b.x <= x as u32 + 6 && b.x + b.width >= x as u32, "box {b:?} misses x = {x}");
@@ -530,8 +557,20 @@ mod tests {
                 assert!(report.active, "lost the person at step {step}");
             }
         }
-        assert!(first_seen.unwrap() <= 8, "seen first at step {first_seen:?}");
+        assert!((3..=8).contains(&first_seen.unwrap()), "seen first at step {first_seen:?}");
         assert_eq!(detector.report().state, MotionState::Moving);
+    }
+
+    #[test]
+    fn waving_leaves_are_never_accepted_nor_followed_for_long() {
+        let (mut scene, mut detector) = (Scene::new(), detector());
+        scene.waving = true;
+        for t in 0..300 {
+            let report = detector.process(&scene.frame(None, 1.0));
+            assert!(!report.active && report.seen_for == 0 && report.event.is_none(), "frame {t}: score {}", report.score);
+            // Frames before it are kept as JPEGs in case an event starts.
+            assert!(report.followed_for <= 4, "frame {t}: leaves followed for {} frames", report.followed_for);
+        }
     }
 
     #[test]

@@ -23,7 +23,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,7 +33,8 @@ use anyhow::{bail, Context, Result};
 use log::{debug, error, info, warn};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Checker, Mode};
+use super::Mode;
+use crate::settings::{check_private, Checker};
 
 /// `[security]`: CURVE keys. Without any of them, links are plaintext as in imagezmq.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -195,20 +196,6 @@ fn read_certificate(path: &Path) -> Result<Certificate> {
         format!("{} is not a ZeroMQ certificate: it has no `public-key = \"...\"` line (make one with `camnode keygen NAME`)", path.display())
     })?;
     Ok(Certificate { public, secret })
-}
-
-/// Refuses a secret key file that anyone but its owner can read or change.
-fn check_private(path: &Path) -> Result<()> {
-    let mode = fs::metadata(path).with_context(|| format!("cannot read [security] secret_cert = {:?}", path))?.permissions().mode();
-    if mode & 0o077 != 0 {
-        bail!(
-            "[security] secret_cert = {:?} is open to group or others (mode {:03o}); a secret key must be private to the user camnode runs as: run `chmod 600 {}`",
-            path,
-            mode & 0o777,
-            path.display()
-        );
-    }
-    Ok(())
 }
 
 fn require_curve() -> Result<()> {
@@ -535,7 +522,7 @@ impl Curve {
         }
         require_curve()?;
         let secret_path = config.secret_cert.as_deref().context("[security] secret_cert is not set: set it to this side's NAME.key_secret")?;
-        check_private(secret_path)?;
+        check_private("[security] secret_cert", secret_path)?;
         let own = read_certificate(secret_path)?;
         let secret = own.secret.with_context(|| {
             format!("[security] secret_cert = {secret_path:?} has no secret-key: it must be the NAME.key_secret file, not NAME.key")
@@ -592,8 +579,10 @@ impl Curve {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
-    use crate::config::ConfigOrigin;
+    use crate::settings::ConfigOrigin;
 
     fn problems(config: &SecurityConfig, role: Role) -> String {
         let origin = ConfigOrigin::default();
@@ -634,7 +623,7 @@ mod tests {
         assert!(p.secret.is_none(), "the public certificate must not hold the secret key");
         assert_eq!(p.public, s.public);
         assert_ne!(s.secret.unwrap(), s.public);
-        check_private(&secret).unwrap();
+        check_private("[security] secret_cert", &secret).unwrap();
         let err = keygen(&dir.path().join("garage.v2")).unwrap_err().to_string();
         assert!(err.contains("already exists"), "{err}");
     }
@@ -644,7 +633,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (_, secret) = keygen(&dir.path().join("n")).unwrap();
         fs::set_permissions(&secret, fs::Permissions::from_mode(0o640)).unwrap();
-        let err = check_private(&secret).unwrap_err().to_string();
+        let err = check_private("[security] secret_cert", &secret).unwrap_err().to_string();
         assert!(err.contains("mode 640") && err.contains(&format!("chmod 600 {}", secret.display())), "{err}");
     }
 

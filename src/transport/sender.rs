@@ -5,7 +5,10 @@
 //! `ImageHub.send_reply()` sends), within `reply_timeout`. A hub that does not
 //! answer (restarted, unplugged, hung) leaves a REQ socket stuck forever in
 //! imagezmq; here the socket is closed and recreated, and the node is in an
-//! outage until a reply comes. During an outage event messages go to the
+//! outage until a reply comes. With several hubs (`hub = "A,B"`) the new
+//! socket goes to the next one, and after `failback` seconds away from the
+//! first the node tries the first again; whichever hub answers gets the
+//! spool. During an outage event messages go to the
 //! [`Spool`] as soon as they are queued, and the oldest spooled message is
 //! what probes the hub; other messages (heartbeats, frames of `send = "all"`
 //! outside events) are dropped, counted. Once the hub replies, spooled
@@ -28,8 +31,7 @@ use log::{debug, info, warn};
 
 use super::security::{Curve, Role, SecurityConfig};
 use super::spool::{Spool, SpoolConfig, SpoolCounts, SpoolKey};
-use super::{BufferPool, Message};
-use crate::config::{Mode, TransportConfig};
+use super::{BufferPool, Message, Mode, TransportConfig};
 use crate::frame::unix_now;
 use crate::queue::{Queue, TryPop};
 use crate::stats::LatencyRecorder;
@@ -139,20 +141,22 @@ impl Sender {
         status: Arc<NodeStatus>,
     ) -> Result<Sender> {
         let context = zmq::Context::new();
-        let address = config.address();
+        let addresses = config.addresses();
         let curve = Curve::open(security, Role::of_node(config.mode), &context)?;
         let socket = match config.mode {
-            Mode::Req => connect_req(&context, &address, curve.as_ref())?,
+            Mode::Req => connect_req(&context, &addresses[0], curve.as_ref())?,
             Mode::Pub => {
                 let socket = context.socket(zmq::PUB)?;
                 socket.set_sndhwm(config.pub_hwm)?;
                 socket.set_linger((config.linger * 1000.0) as i32)?;
                 if let Some(curve) = &curve {
-                    curve.secure(&context, &socket, &address)?;
+                    curve.secure(&context, &socket, &addresses.join(", "))?;
                 }
-                socket.bind(&address).with_context(|| {
-                    format!("cannot bind the PUB socket to [transport] hub = {address:?}: is another program using the port? set another address with --hub")
-                })?;
+                for address in &addresses {
+                    socket.bind(address).with_context(|| {
+                        format!("cannot bind the PUB socket to [transport] hub = {address:?}: is another program using the port? set another address with --hub")
+                    })?;
+                }
                 status.set_hub_reachable(true);
                 socket
             }
@@ -164,7 +168,10 @@ impl Sender {
             context,
             socket,
             curve,
-            address,
+            addresses,
+            current: 0,
+            failed_over: None,
+            failback: Duration::from_secs_f64(config.failback),
             mode: config.mode,
             reply_timeout: Duration::from_secs_f64(config.reply_timeout),
             queue: queue.clone(),
@@ -212,6 +219,18 @@ impl Sender {
         }
     }
 
+    /// Event messages waiting in the spool and their bytes; `None` without a spool.
+    pub fn spool_usage(&self) -> Option<(u64, u64)> {
+        self.spool.as_ref().map(|spool| (spool.len() as u64, spool.used_bytes()))
+    }
+
+    /// Queues a message, waiting until `deadline` for room; the message
+    /// comes back if there is none by then. For sources that can wait for
+    /// the network, which then never drop or spool for a full queue.
+    pub fn offer_until(&self, message: Message, deadline: Instant) -> std::result::Result<(), Message> {
+        self.queue.0.push_until(message, deadline)
+    }
+
     /// Stops taking messages, delivers what it can in the time `how` allows,
     /// and reports.
     pub fn finish(self, how: Shutdown) -> SenderReport {
@@ -252,6 +271,45 @@ fn connect_req(context: &zmq::Context, address: &str, curve: Option<&Curve>) -> 
     Ok(socket)
 }
 
+/// Checks that the hubs can be reached as [`Sender::start`] would reach
+/// them, for `camnode doctor`: REQ sends `message` (a heartbeat) to each hub
+/// and waits up to `reply_timeout` for its `OK`, returning how long the
+/// slowest took; PUB binds the addresses and lets them go. With
+/// `[security]`, over CURVE.
+pub fn probe(config: &TransportConfig, security: &SecurityConfig, message: &Message) -> Result<Duration> {
+    let context = zmq::Context::new();
+    let curve = Curve::open(security, Role::of_node(config.mode), &context)?;
+    let mut slowest = Duration::ZERO;
+    for address in config.addresses() {
+        let started = Instant::now();
+        if config.mode == Mode::Pub {
+            let socket = context.socket(zmq::PUB)?;
+            socket.set_linger(0)?;
+            if let Some(curve) = &curve {
+                curve.secure(&context, &socket, &address)?;
+            }
+            socket.bind(&address).with_context(|| format!("cannot bind [transport] hub = {address:?}"))?;
+            continue;
+        }
+        let socket = connect_req(&context, &address, curve.as_ref())?;
+        socket.send(&message.header[..], zmq::SNDMORE)?;
+        socket.send(&message.payload[..], 0)?;
+        let timeout = Duration::from_secs_f64(config.reply_timeout);
+        if socket.poll(zmq::POLLIN, timeout.as_millis() as i64)? == 0 {
+            anyhow::bail!("no reply from {address} within {timeout:?}");
+        }
+        let reply = socket.recv_multipart(0)?;
+        match reply.first() {
+            Some(first) if reply.len() == 1 && first == b"OK" => slowest = slowest.max(started.elapsed()),
+            first => anyhow::bail!(
+                "{address} replied {:?} instead of OK: it is not an imagezmq hub",
+                String::from_utf8_lossy(first.map_or(&[][..], |f| &f[..f.len().min(40)]))
+            ),
+        }
+    }
+    Ok(slowest)
+}
+
 /// How one request went.
 enum Reply {
     /// The hub replied `OK`.
@@ -274,7 +332,14 @@ struct Worker {
     /// `[security]`: CURVE for every socket this worker makes (REQ reconnects
     /// make new ones), and for a PUB node the authenticator of its subscribers.
     curve: Option<Curve>,
-    address: String,
+    /// The hubs in order of preference (REQ), or the bound addresses (PUB).
+    addresses: Vec<String>,
+    /// Which hub the REQ socket is connected to.
+    current: usize,
+    /// When the node last moved away from the first hub.
+    failed_over: Option<Instant>,
+    /// How long it stays on a later hub before trying the first again.
+    failback: Duration,
     mode: Mode,
     reply_timeout: Duration,
     queue: Arc<Queue<Message>>,
@@ -326,7 +391,7 @@ impl Worker {
                 Ok(true) => self.delivered(message, None),
                 Ok(false) | Err(_) => {
                     if let Err(e) = published {
-                        debug!("publish on {} failed: {e}", self.address);
+                        debug!("publish on {} failed: {e}", self.addresses.join(", "));
                     }
                     self.report.dropped += 1;
                     self.status.note_drop();
@@ -357,6 +422,7 @@ impl Worker {
                 self.put_back(message, key);
                 break;
             }
+            self.fail_back();
             let started = Instant::now();
             let reply = self.request(&message);
             self.report.busy_us += started.elapsed().as_micros() as u64;
@@ -382,7 +448,12 @@ impl Worker {
                     self.reconnect();
                     self.stop.wait(Instant::now() + self.reply_timeout);
                 }
-                Reply::Refused(_) => self.stop.wait(Instant::now() + self.reply_timeout),
+                Reply::Refused(_) => {
+                    self.stop.wait(Instant::now() + self.reply_timeout);
+                    if self.addresses.len() > 1 {
+                        self.reconnect();
+                    }
+                }
                 Reply::Ack => {}
             }
         }
@@ -497,7 +568,7 @@ impl Worker {
     fn delivered(&mut self, message: Message, key: Option<SpoolKey>) {
         if let Some(since) = self.outage_since.take() {
             let waiting = self.spool.as_ref().map_or(0, |s| s.len());
-            info!("hub at {} replies again after {:.1}s; {waiting} messages wait in the spool", self.address, since.elapsed().as_secs_f64());
+            info!("hub at {} replies after {:.1}s; {waiting} messages wait in the spool", self.address(), since.elapsed().as_secs_f64());
         }
         self.status.set_hub_reachable(true);
         self.report.sent += 1;
@@ -518,10 +589,11 @@ impl Worker {
         };
         if self.outage_since.is_none() {
             let meanwhile = if self.spool.is_some() { "event messages go to the spool meanwhile" } else { "with no spool, the queue waits and drops when full" };
-            warn!("hub at {} {what}; retrying until it replies OK, {meanwhile}", self.address);
+            let retrying = if self.addresses.len() > 1 { "trying the next hub until one replies OK" } else { "retrying until it replies OK" };
+            warn!("hub at {} {what}; {retrying}, {meanwhile}", self.address());
             self.outage_since = Some(Instant::now());
         } else {
-            debug!("hub at {} {what}", self.address);
+            debug!("hub at {} {what}", self.address());
         }
         self.status.set_hub_reachable(false);
     }
@@ -577,9 +649,35 @@ impl Worker {
         }
     }
 
+    fn address(&self) -> &str {
+        &self.addresses[self.current]
+    }
+
+    /// After silence or a failure: a new REQ socket, to the next hub when
+    /// there are several (Lazy Pirate's reconnect, with failover).
     fn reconnect(&mut self) {
+        if self.addresses.len() > 1 {
+            self.current = (self.current + 1) % self.addresses.len();
+            self.failed_over = (self.current != 0).then(Instant::now);
+            debug!("switching to hub {}", self.address());
+        }
+        self.connect_current();
+    }
+
+    /// On a later hub for `failback`: back to the first (if it is still
+    /// silent, the next silence moves the node on again).
+    fn fail_back(&mut self) {
+        if self.failed_over.is_some_and(|since| since.elapsed() >= self.failback) {
+            self.current = 0;
+            self.failed_over = None;
+            info!("trying the first hub {} again", self.address());
+            self.connect_current();
+        }
+    }
+
+    fn connect_current(&mut self) {
         self.report.reconnects += 1;
-        match connect_req(&self.context, &self.address, self.curve.as_ref()) {
+        match connect_req(&self.context, &self.addresses[self.current], self.curve.as_ref()) {
             Ok(socket) => self.socket = socket,
             Err(e) => warn!("cannot recreate the REQ socket: {e:#}"),
         }

@@ -39,7 +39,8 @@ use serde::{Deserialize, Serialize};
 
 use super::wire::{parse_header, Message, MessageKind};
 use super::BufferPool;
-use crate::config::{Checker, Mode};
+use super::Mode;
+use crate::settings::Checker;
 
 /// Where the spool lives unless configured: the service's state directory.
 pub const DEFAULT_DIR: &str = "/var/lib/camnode/spool";
@@ -55,12 +56,27 @@ pub struct SpoolConfig {
     /// Disk space the spool may take, in MiB; when it is full the oldest
     /// messages go first; 0 turns spooling off (default 256).
     pub max_mb: u64,
+    /// What waits here: "events" (motion and trigger events and their
+    /// frames) or "all" (every image the send policy sends, for time-lapse
+    /// nodes with `send = "all"` whose frames must survive an outage too)
+    /// (default "events").
+    pub keep: SpoolKeep,
 }
 
 impl Default for SpoolConfig {
     fn default() -> Self {
-        SpoolConfig { dir: PathBuf::from(DEFAULT_DIR), max_mb: 256 }
+        SpoolConfig { dir: PathBuf::from(DEFAULT_DIR), max_mb: 256, keep: SpoolKeep::Events }
     }
+}
+
+/// Which messages the spool keeps when the hub cannot take them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpoolKeep {
+    /// Event messages and the frames of events.
+    Events,
+    /// Every image that is sent, and the event messages.
+    All,
 }
 
 impl SpoolConfig {

@@ -23,6 +23,17 @@ pub enum MessageKind {
     Notice,
 }
 
+impl MessageKind {
+    /// "an image message", "an event message", "a notice message": for logs.
+    pub fn with_article(self) -> &'static str {
+        match self {
+            MessageKind::Image => "an image message",
+            MessageKind::Event => "an event message",
+            MessageKind::Notice => "a notice message",
+        }
+    }
+}
+
 /// The JSON header as a node writes it. Fields borrow so that building a
 /// header allocates nothing.
 #[derive(Debug, Serialize)]
@@ -94,6 +105,21 @@ impl Message {
         serde_json::to_writer(&mut header_buf, header).expect("a header always serialises");
         Message { kind, header: header_buf, payload, ts: header.ts, durable: kind == MessageKind::Event }
     }
+
+    /// Builds a message whose header carries more keys beside `header`'s
+    /// (a heartbeat's health); imagezmq hubs ignore them.
+    pub fn with_keys(kind: MessageKind, header: &OutHeader, keys: &impl Serialize, mut header_buf: Vec<u8>, payload: Vec<u8>) -> Message {
+        #[derive(Serialize)]
+        struct Joined<'a, K> {
+            #[serde(flatten)]
+            header: &'a OutHeader<'a>,
+            #[serde(flatten)]
+            keys: &'a K,
+        }
+        header_buf.clear();
+        serde_json::to_writer(&mut header_buf, &Joined { header, keys }).expect("a header always serialises");
+        Message { kind, header: header_buf, payload, ts: header.ts, durable: kind == MessageKind::Event }
+    }
 }
 
 /// Parses a received header, with what was wrong when it is not imagezmq's.
@@ -129,6 +155,15 @@ mod tests {
         let parsed = parse_header(&msg.header).unwrap();
         assert_eq!(parsed.dtype.as_deref(), Some("uint8"));
         assert_eq!(parsed.shape, Some(vec![480, 640, 3]));
+    }
+
+    #[test]
+    fn extra_keys_sit_beside_msg() {
+        let header = OutHeader { msg: "yard|Heartbeat", dtype: None, shape: None, node: "yard", boot: 1, seq: 3, ts: 2.0, score: None, boxes: &[] };
+        let msg = Message::with_keys(MessageKind::Notice, &header, &serde_json::json!({"uptime_s": 5.5}), Vec::new(), Vec::new());
+        let json: serde_json::Value = serde_json::from_slice(&msg.header).unwrap();
+        assert_eq!((json["msg"].as_str(), json["seq"].as_u64(), json["uptime_s"].as_f64()), (Some("yard|Heartbeat"), Some(3), Some(5.5)));
+        assert_eq!(parse_header(&msg.header).unwrap().msg, "yard|Heartbeat");
     }
 
     #[test]

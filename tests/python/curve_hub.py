@@ -17,7 +17,6 @@ constructor. So CurveImageHub redoes ImageHub's two small init methods with
 the options in between; receiving and replying stay imagezmq's own code.
 """
 
-import argparse
 import sys
 
 import imagezmq
@@ -25,7 +24,7 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-from imagezmq_hub import serve, signal_wakeup
+from imagezmq_hub import check_arguments, hub_arguments, serve, signal_wakeup
 
 
 class CurveImageHub(imagezmq.ImageHub):
@@ -64,27 +63,17 @@ class CurveImageHub(imagezmq.ImageHub):
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mode", choices=["req", "pub"], default="req",
-                        help="req: bind REP as CURVE server; pub: connect SUB as CURVE client to a publishing node")
-    parser.add_argument("--port", type=int, default=5555,
-                        help="req: port to bind on 127.0.0.1 (0 = any free port); pub: the node's port")
-    parser.add_argument("--host", default="127.0.0.1", help="pub mode: the publishing node's host")
-    parser.add_argument("--format", choices=["jpg", "raw"], default="jpg",
-                        help="jpg: receive with recv_jpg(); raw: receive arrays with recv_image()")
-    parser.add_argument("--count", type=int, help="stop after this many messages")
-    parser.add_argument("--idle", type=float, help="stop after this many seconds without a message")
-    parser.add_argument("--out", required=True, help="file to write the JSON summary to")
+    parser = hub_arguments(__doc__.split("\n\n")[0],
+                           "req: port to bind on 127.0.0.1 (0 = any free port); pub: the node's port")
     parser.add_argument("--secret-cert", required=True, help="this hub's NAME.key_secret (from camnode keygen)")
     parser.add_argument("--allowed-dir", help="req mode: directory of the allowed nodes' public NAME.key files")
     parser.add_argument("--server-cert", help="pub mode: the node's public NAME.key")
     args = parser.parse_args()
+    check_arguments(parser, args)
     if args.mode == "req" and not args.allowed_dir:
         parser.error("--allowed-dir is required in req mode: the hub is the CURVE server")
     if args.mode == "pub" and not args.server_cert:
         parser.error("--server-cert is required in pub mode: the hub connects as a CURVE client")
-    if args.mode == "pub" and args.port == 0:
-        parser.error("--port 0: in pub mode the hub connects, so give the node's port")
     return args
 
 

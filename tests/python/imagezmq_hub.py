@@ -55,29 +55,44 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 
-def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def hub_arguments(description, bind_help):
+    """The arguments every test hub takes (curve_hub.py adds its keys)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--mode", choices=["req", "pub"], default="req",
                         help="req: bind a REP socket; pub: connect a SUB socket to a publishing node")
-    parser.add_argument("--port", type=int, default=5555,
-                        help="req: port to bind on all interfaces (0 = any free port); pub: the node's port")
+    parser.add_argument("--port", type=int, default=5555, help=bind_help)
     parser.add_argument("--host", default="127.0.0.1", help="pub mode: the publishing node's host")
     parser.add_argument("--format", choices=["jpg", "raw"], default="jpg",
                         help="jpg: receive with recv_jpg(); raw: receive arrays with recv_image()")
     parser.add_argument("--count", type=int, help="stop after this many messages")
     parser.add_argument("--idle", type=float, help="stop after this many seconds without a message")
+    parser.add_argument("--work-ms", type=float, default=0.0,
+                        help="REQ mode: milliseconds of work per message before the reply, "
+                             "as a hub running a vision model spends (a slow hub)")
     parser.add_argument("--out", required=True, help="file to write the JSON summary to")
-    parser.add_argument("--keep-mb", type=int, default=0,
-                        help="memory to fault in before READY for the JPEG payloads kept until the end (see PayloadStore)")
-    args = parser.parse_args()
+    return parser
+
+
+def check_arguments(parser, args):
     if args.count is not None and args.count < 1:
         parser.error(f"--count {args.count}: must be at least 1")
     if args.idle is not None and args.idle <= 0:
         parser.error(f"--idle {args.idle}: must be a positive number of seconds")
-    if args.keep_mb < 0:
-        parser.error(f"--keep-mb {args.keep_mb}: must be 0 or more megabytes")
+    if args.work_ms < 0:
+        parser.error(f"--work-ms {args.work_ms}: must be 0 or more milliseconds")
     if args.mode == "pub" and args.port == 0:
         parser.error("--port 0: in pub mode the hub connects, so give the node's port")
+
+
+def parse_args():
+    parser = hub_arguments(__doc__.split("\n\n")[0],
+                           "req: port to bind on all interfaces (0 = any free port); pub: the node's port")
+    parser.add_argument("--keep-mb", type=int, default=0,
+                        help="memory to fault in before READY for the JPEG payloads kept until the end (see PayloadStore)")
+    args = parser.parse_args()
+    check_arguments(parser, args)
+    if args.keep_mb < 0:
+        parser.error(f"--keep-mb {args.keep_mb}: must be 0 or more megabytes")
     return args
 
 
@@ -194,6 +209,8 @@ def receive_until_done(hub, args, wakeup, records, payloads, store):
             report_peer_event(monitor)
         if data in ready:
             record, payload = receive_one(hub, args.format)
+            if args.work_ms:
+                time.sleep(args.work_ms / 1000)
             if args.mode == "req":
                 hub.send_reply(b"OK")
             last_message = time.monotonic()

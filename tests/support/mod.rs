@@ -4,6 +4,7 @@
 //! fault-injecting proxy between a node and its hub ([`proxy`]).
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod images;
 pub mod proxy;
 
 use std::io::{BufRead, BufReader};

@@ -30,6 +30,17 @@
 //! a sensor-based pipeline applies for free; when the camera cannot do it the
 //! source says so through [`FrameSource::flips_in_hardware`] and the software
 //! flip takes over.
+//!
+//! Camera controls (the rate, exposure, white balance...) are checked against
+//! what the camera offers once it is configured, and passed to `start`. A
+//! reload ([`FrameSource::retune`]) sends only what changed, with the next
+//! request the camera gets back; when that request completes, the log shows
+//! what it carried, as libcamera accepted it.
+
+mod info;
+mod sensor_hdr;
+
+pub use info::list_cameras;
 
 use std::ffi::CString;
 use std::io;
@@ -42,9 +53,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use libcamera::camera::{ActiveCamera, Camera, CameraConfiguration, Orientation};
 use libcamera::camera_manager::CameraManager;
-use libcamera::control::{ControlEntry, ControlList};
-use libcamera::control_value::ControlValue;
-use libcamera::controls::FrameDurationLimits;
+use libcamera::control::{ControlList, MergePolicy};
 use libcamera::formats;
 use libcamera::framebuffer::{AsFrameBuffer, FrameBufferPlane, FrameMetadataStatus, OwnedFrameBuffer};
 use libcamera::framebuffer_allocator::FrameBufferAllocator;
@@ -54,8 +63,10 @@ use libcamera::pixel_format::PixelFormat;
 use libcamera::properties;
 use libcamera::request::{Request, RequestStatus, ReuseFlag};
 use libcamera::stream::{Stream, StreamRole};
+use libcamera::utils::UniquePtr;
 
-use super::{FrameSource, OpenOptions};
+use super::controls::{self, CameraInfo, Hdr, Targets, Value};
+use super::{CaptureConfig, FrameSource};
 use crate::flip::Flip;
 use crate::frame::{chroma_size, unix_now, Frame, FrameBuf, PixelLayout, Plane};
 
@@ -93,6 +104,16 @@ pub struct LibcameraSource {
     hardware_flip: bool,
     frame_timeout: Duration,
     sequence: SequenceTracker,
+    /// The camera's controls and their ranges at the configured size.
+    info: CameraInfo,
+    /// The controls camnode has asked for so far.
+    targets: Targets,
+    /// Changed controls for the next request that goes back to the camera.
+    pending: Option<UniquePtr<ControlList>>,
+    /// The cookie of the request that carries them, until it completes.
+    carrier: Option<u64>,
+    /// Keys left out because the camera cannot take them (`strict_controls = false`), each with why.
+    left_out: Vec<String>,
 }
 
 // SAFETY: libcamera's CameraManager and Camera are documented as usable from
@@ -125,17 +146,21 @@ fn read_metadata<B: AsFrameBuffer + 'static>(request: &Request, stream: &Stream)
 
 impl LibcameraSource {
     /// Opens `camera` (an id from `camnode cameras`; the first camera when
-    /// `None`) and starts streaming at the requested size and frame rate.
-    pub fn open(camera: Option<&str>, options: &OpenOptions) -> Result<Self> {
-        let manager = start_manager()?;
-        let cam = find_camera(&manager, camera)?;
+    /// `None`) and starts streaming at the size, rate and with the controls
+    /// of `capture`.
+    pub fn open(camera: Option<&str>, capture: &CaptureConfig) -> Result<Self> {
+        let (manager, cam) = open_manager(camera, capture.hdr)?;
         let id = cam.id().to_string();
         let mut active = cam.acquire().map_err(|e| acquire_error(&id, e))?;
 
-        let wanted = orientation_for(options.flip);
-        let (mut config, format) = configure(&active, &id, options, wanted)?;
+        let wanted = orientation_for(capture.flip);
+        let size = capture.size.map(|s| (s.width, s.height));
+        let (mut config, format) = configure(&active, &id, size, wanted)?;
         let hardware_flip = wanted != Orientation::Rotate0 && config.orientation() == wanted;
         active.configure(&mut config).with_context(|| format!("libcamera refused the configuration of camera {id}"))?;
+        // Ranges (the frame rate above all) depend on the configured size.
+        let info = info::describe(&active);
+        let (planned, left_out) = plan(capture, &info)?;
 
         let stream_config = config.get(0).context("libcamera configuration has no stream")?;
         let stream = stream_config.stream().context("libcamera did not assign a stream")?;
@@ -178,13 +203,16 @@ impl LibcameraSource {
             }
         };
 
-        let frame_duration = options.fps.map(|fps| Duration::from_secs_f64(1.0 / fps));
-        let start_controls = frame_rate_controls(&active, &id, options.fps)?;
-        active.start(start_controls.as_deref()).with_context(|| format!("camera {id} could not start streaming"))?;
+        let changes = controls::changes(&Targets::new(), &planned, &info);
+        let start_controls = info::control_list(&active, &changes).with_context(|| format!("camera {id}"))?;
+        if !changes.is_empty() {
+            log::info!("camera {id}: controls at start: {}", info::show(&start_controls, &info::ControlNames::of(active.controls())));
+        }
+        active.start(Some(&start_controls)).with_context(|| format!("camera {id} could not start streaming"))?;
         for request in requests {
             active.queue_request(request).map_err(|(_, e)| anyhow!("camera {id} rejected a capture request: {e}"))?;
         }
-        let flip = match (options.flip, hardware_flip) {
+        let flip = match (capture.flip, hardware_flip) {
             (Flip::None, _) => "no flip",
             (_, true) => "flipped by the camera",
             (_, false) => "the camera cannot flip: flipped in software",
@@ -211,14 +239,30 @@ impl LibcameraSource {
             format,
             converted,
             hardware_flip,
-            frame_timeout: frame_duration.map_or(MIN_FRAME_TIMEOUT, |d| MIN_FRAME_TIMEOUT.max(d * 4)),
+            frame_timeout: frame_timeout(&planned),
             sequence: SequenceTracker::default(),
+            info,
+            targets: planned,
+            pending: None,
+            carrier: None,
+            left_out,
         })
     }
 
-    /// Hands a request back to the camera with the same buffer.
+    /// The `[capture]` keys left out because the camera cannot take them
+    /// (with `strict_controls = false`), each with why.
+    pub fn left_out(&self) -> &[String] {
+        &self.left_out
+    }
+
+    /// Hands a request back to the camera with the same buffer, and with
+    /// the controls that changed since the last one carried any.
     fn requeue(&mut self, mut request: Request) -> Result<()> {
         request.reuse(ReuseFlag::REUSE_BUFFERS);
+        if let Some(changed) = self.pending.take() {
+            request.controls_mut().merge(&changed, MergePolicy::OverwriteExisting);
+            self.carrier = Some(request.cookie());
+        }
         self.camera
             .queue_request(request)
             .map_err(|(_, e)| anyhow!("camera {} rejected a capture request: {e}", self.id))
@@ -261,6 +305,16 @@ impl FrameSource for LibcameraSource {
             }
             let metadata = (self.read_metadata)(&request, &self.stream)
                 .with_context(|| format!("camera {}: a completed request carries no frame metadata", self.id))?;
+            if self.carrier == Some(request.cookie()) {
+                self.carrier = None;
+                let names = info::ControlNames::of(self.camera.controls());
+                log::info!(
+                    "camera {}: frame {} came with the new controls: {}",
+                    self.id,
+                    metadata.sequence,
+                    info::show(request.controls(), &names)
+                );
+            }
             let Some(seq) = self.sequence.advance(metadata.sequence, metadata.status) else {
                 self.requeue(request)?;
                 continue;
@@ -302,6 +356,26 @@ impl FrameSource for LibcameraSource {
 
     fn dropped(&self) -> u64 {
         self.sequence.dropped
+    }
+
+    fn retune(&mut self, capture: &CaptureConfig) -> Result<()> {
+        let (planned, left_out) = plan(capture, &self.info)?;
+        let changes = controls::changes(&self.targets, &planned, &self.info);
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let list = info::control_list(&self.camera, &changes).with_context(|| format!("camera {}", self.id))?;
+        // Controls not yet sent go along with these.
+        if let Some(mut earlier) = self.pending.take() {
+            earlier.merge(&list, MergePolicy::OverwriteExisting);
+            self.pending = Some(earlier);
+        } else {
+            self.pending = Some(list);
+        }
+        self.frame_timeout = frame_timeout(&planned);
+        self.targets = planned;
+        self.left_out = left_out;
+        Ok(())
     }
 }
 
@@ -397,6 +471,85 @@ fn find_camera(manager: &CameraManager, id: Option<&str>) -> Result<Camera<'stat
     }
 }
 
+/// For `camnode doctor`: the libcamera this process runs with, checked
+/// against the one camnode was built for.
+pub fn runtime_version() -> Result<String> {
+    let runtime = libcamera::version::runtime_version();
+    check_version(runtime)?;
+    Ok(format!("{runtime}, as built (libcamera {})", libcamera::version::VERSION))
+}
+
+/// For `camnode doctor`: finds `camera` (the first when `None`), then
+/// acquires and releases it, which fails while another process has it.
+/// The first result says which camera it is.
+pub fn find_and_acquire(camera: Option<&str>) -> (Result<String>, Option<Result<()>>) {
+    let found = start_manager().and_then(|manager| {
+        let cam = find_camera(&manager, camera)?;
+        let what = format!("{} ({})", info::model(&cam), cam.id());
+        let acquired = cam.acquire().map(drop).map_err(|e| acquire_error(cam.id(), e));
+        Ok((what, acquired))
+    });
+    match found {
+        Ok((what, acquired)) => (Ok(what), Some(acquired)),
+        Err(e) => (Err(e), None),
+    }
+}
+
+/// Starts libcamera and finds the camera, with the Camera Module 3's sensor
+/// HDR switched as `hdr` asks first (off unless asked, as rpicam-apps does):
+/// the switch changes the modes the sensor offers, so libcamera must look at
+/// the camera again after it.
+fn open_manager(camera: Option<&str>, hdr: Option<Hdr>) -> Result<(CameraManager, Camera<'static>)> {
+    let manager = start_manager()?;
+    let cam = find_camera(&manager, camera)?;
+    if !info::model(&cam).contains("imx708") {
+        return Ok((manager, cam));
+    }
+    let on = matches!(hdr, Some(Hdr::Sensor | Hdr::Auto));
+    let id = cam.id().to_string();
+    match sensor_hdr::switch(&id, on) {
+        Ok(false) => Ok((manager, cam)),
+        Ok(true) => {
+            log::info!("camera {id}: sensor HDR switched {}", if on { "on" } else { "off" });
+            // The camera belongs to the manager: it goes first.
+            drop(cam);
+            drop(manager);
+            let manager = start_manager()?;
+            let cam = find_camera(&manager, Some(&id))?;
+            Ok((manager, cam))
+        }
+        Err(e) if on => Err(e.context(format!("[capture] hdr = \"{}\" on camera {id}", hdr.map_or("", Hdr::name)))),
+        Err(e) => {
+            log::debug!("camera {id}: could not make sure the sensor HDR is off: {e:#}");
+            Ok((manager, cam))
+        }
+    }
+}
+
+/// The controls `capture` asks of the camera, and the keys left out, with
+/// what is worth saying about them said.
+fn plan(capture: &CaptureConfig, info: &CameraInfo) -> Result<(Targets, Vec<String>)> {
+    let planned = controls::targets(capture, info)?;
+    for note in &planned.notes {
+        log::info!("{note}");
+    }
+    for problem in &planned.left_out {
+        log::warn!("{problem}");
+    }
+    Ok((planned.targets, planned.left_out))
+}
+
+/// How long to wait for a frame at the rate the controls ask for.
+fn frame_timeout(targets: &Targets) -> Duration {
+    match targets.get("FrameDurationLimits").map(|t| &t.value) {
+        Some(Value::Ints(limits)) => {
+            let longest = limits.iter().copied().max().unwrap_or(0).max(0) as u64;
+            MIN_FRAME_TIMEOUT.max(Duration::from_micros(longest) * 4)
+        }
+        _ => MIN_FRAME_TIMEOUT,
+    }
+}
+
 fn acquire_error(id: &str, err: io::Error) -> anyhow::Error {
     match err.raw_os_error() {
         Some(libc::EBUSY) => anyhow!(
@@ -424,7 +577,7 @@ fn orientation_for(flip: Flip) -> Orientation {
 fn configure(
     camera: &Camera<'_>,
     id: &str,
-    options: &OpenOptions,
+    size: Option<(usize, usize)>,
     orientation: Orientation,
 ) -> Result<(CameraConfiguration, BufferFormat)> {
     let mut config = camera
@@ -444,7 +597,7 @@ fn configure(
     {
         let mut stream = config.get_mut(0).expect("checked above");
         stream.set_pixel_format(format);
-        if let Some((w, h)) = options.size {
+        if let Some((w, h)) = size {
             stream.set_size(Size { width: w as u32, height: h as u32 });
         }
         stream.set_buffer_count(BUFFER_COUNT);
@@ -470,7 +623,7 @@ fn configure(
     if stream.get_pixel_format() != format {
         bail!("camera {id} cannot deliver {format} at the requested size; it offers {}", format_list(&offered));
     }
-    if let Some((w, h)) = options.size {
+    if let Some((w, h)) = size {
         let got = stream.get_size();
         if (got.width as usize, got.height as usize) != (w, h) {
             bail!(
@@ -514,50 +667,17 @@ fn format_list(formats: &[PixelFormat]) -> String {
 }
 
 /// Sizes libcamera lists for a format, or its size range when it lists none.
-fn size_list(formats: &libcamera::stream::StreamFormatsRef<'_>, format: PixelFormat) -> String {
+fn sizes(formats: &libcamera::stream::StreamFormatsRef<'_>, format: PixelFormat) -> Vec<String> {
     let sizes = formats.sizes(format);
     if sizes.is_empty() {
         let range = formats.range(format);
-        return format!("{}x{} to {}x{}", range.min.width, range.min.height, range.max.width, range.max.height);
+        return vec![format!("{}x{} to {}x{}", range.min.width, range.min.height, range.max.width, range.max.height)];
     }
-    sizes.iter().map(|s| format!("{}x{}", s.width, s.height)).collect::<Vec<_>>().join(", ")
+    sizes.iter().map(|s| format!("{}x{}", s.width, s.height)).collect()
 }
 
-/// Controls applied at start: a fixed frame duration for the requested rate,
-/// checked against what the camera supports.
-fn frame_rate_controls(
-    camera: &ActiveCamera<'_>,
-    id: &str,
-    fps: Option<f64>,
-) -> Result<Option<libcamera::utils::UniquePtr<ControlList>>> {
-    let Some(fps) = fps else { return Ok(None) };
-    let Ok(info) = camera.controls().find(FrameDurationLimits::ID) else {
-        log::warn!("camera {id} has no frame rate control; it runs at its own rate, not {fps} fps");
-        return Ok(None);
-    };
-    let duration_us = (1e6 / fps).round() as i64;
-    if let (Some(min_us), Some(max_us)) = (control_i64(info.min()), control_i64(info.max())) {
-        if min_us > 0 && max_us > 0 && !(min_us..=max_us).contains(&duration_us) {
-            bail!(
-                "camera {id} cannot run at {fps} fps: it supports {:.2} to {:.2} fps at this size; set [capture] rate (--rate) in that range",
-                1e6 / max_us as f64,
-                1e6 / min_us as f64
-            );
-        }
-    }
-    let mut controls = ControlList::new();
-    controls
-        .set(FrameDurationLimits([duration_us, duration_us]))
-        .with_context(|| format!("camera {id}: could not set the frame rate"))?;
-    Ok(Some(controls))
-}
-
-fn control_i64(value: ControlValue) -> Option<i64> {
-    match value {
-        ControlValue::Int64(v) => v.first().copied(),
-        ControlValue::Int32(v) => v.first().map(|&x| x as i64),
-        _ => None,
-    }
+fn size_list(formats: &libcamera::stream::StreamFormatsRef<'_>, format: PixelFormat) -> String {
+    sizes(formats, format).join(", ")
 }
 
 /// The shape of every buffer of the configured stream.
@@ -772,41 +892,6 @@ impl SequenceTracker {
             None
         }
     }
-}
-
-/// Lists every camera libcamera finds, with its id (for
-/// `--source libcamera:ID`), model, and the formats and sizes of its video
-/// stream.
-pub fn list_cameras() -> Result<String> {
-    use std::fmt::Write;
-
-    let manager = start_manager()?;
-    let cameras = manager.cameras();
-    let mut out = String::new();
-    writeln!(out, "libcamera {}: {} camera(s)", libcamera::version::runtime_version(), cameras.len())?;
-    for camera in cameras.iter() {
-        let model =
-            camera.properties().get::<properties::Model>().map(|m| m.0).unwrap_or_else(|_| "unknown model".into());
-        writeln!(out, "{}\n    model: {model}", camera.id())?;
-        let Some(config) = camera.generate_configuration(&[StreamRole::VideoRecording]) else {
-            writeln!(out, "    no video stream")?;
-            continue;
-        };
-        let Some(stream) = config.get(0) else { continue };
-        let formats = stream.formats();
-        let offered: Vec<PixelFormat> = formats.pixel_formats().into_iter().collect();
-        let usable = choose_format(&offered).map(|(f, _)| f);
-        for format in offered {
-            let mark = if Some(format) == usable { " (camnode uses this)" } else { "" };
-            writeln!(out, "    {format}{mark}: {}", size_list(&formats, format))?;
-        }
-        let default = stream.get_size();
-        writeln!(out, "    default size: {}x{}", default.width, default.height)?;
-    }
-    if cameras.is_empty() {
-        writeln!(out, "no camera found; `camnode run --source libcamera` explains what to check")?;
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
