@@ -18,6 +18,12 @@
 # CAMNODE_SKIP_PI_VM=1 after step 4.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+cache=${CAMNODE_CACHE:-$HOME/.cache/camnode}
+# The host's builds live beside the other caches, not in the clone: a fresh
+# clone (CI's) then rebuilds only camnode itself, not its few hundred
+# dependencies. Cargo names its artifacts by paths relative to the
+# workspace, so clones in different places share them without piling up.
+host_target=${CARGO_TARGET_DIR:-$cache/target-host}
 
 step() { echo "=== test.sh: $* ($(date +%H:%M:%S))" >&2; }
 
@@ -33,17 +39,17 @@ eval "$(bash scripts/libcamera.sh host)"
 bash scripts/python-env.sh >/dev/null
 
 step "rust suite (with the hub's NATS feature, which only hub machines build)"
-cargo test --locked --features nats
+CARGO_TARGET_DIR=$host_target cargo test --locked --features nats
 
 step "Pi features on the host: libcamera virtual camera, GPIO"
-cargo test --locked --features libcamera,gpio --lib --test libcamera_virtual --test gpio
+CARGO_TARGET_DIR=$host_target cargo test --locked --features libcamera,gpio --lib --test libcamera_virtual --test gpio
 
 if [[ ${CAMNODE_SKIP_CROSS:-} == 1 ]]; then
     step "cross builds skipped (CAMNODE_SKIP_CROSS=1)"
     exit 0
 fi
 step "cross builds, qemu tests, smoke runs"
-export CAMNODE_HOST_BIN="$PWD/target/debug/camnode"
+export CAMNODE_HOST_BIN="$host_target/debug/camnode"
 bash scripts/cross.sh all
 step "Debian packages"
 bash scripts/package.sh
