@@ -78,3 +78,56 @@ register_binfmt() {
     tr -d '\n' <"/usr/lib/binfmt.d/$name.conf" >"$dir/register"
     log "registered $name with binfmt_misc"
 }
+
+# The Debian archive that serves $1 (bookworm, bookworm-security...), on
+# DEBIAN_MIRROR (default deb.debian.org) or the security mirror beside it.
+debian_url() {
+    local mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+    case $1 in
+    *-security) echo "${mirror%/debian}/debian-security" ;;
+    *) echo "$mirror" ;;
+    esac
+}
+
+# apt with a configuration of its own in directory $1 (sources, lists,
+# cache, an empty dpkg status), for foreign architectures: the system's dpkg
+# database and apt configuration are never touched. $2: the architectures,
+# the first one native; $3: the components; then the suites. Sets apt_opts
+# for apt-get and apt-cache, and brings the lists up to date: cheap after
+# the first run, and should the mirror be unreachable, the lists of the
+# last update still resolve.
+private_apt() {
+    local dir=$1 arches=$2 components=$3 suite arch
+    shift 3
+    mkdir -p "$dir/lists/partial" "$dir/cache/archives/partial" "$dir/sources.list.d" "$dir/preferences.d"
+    : >"$dir/status"
+    : >"$dir/sources.list"
+    for suite in "$@"; do
+        echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $(debian_url "$suite") $suite $components" \
+            >>"$dir/sources.list"
+    done
+    apt_opts=(-o "APT::Architecture=${arches%% *}")
+    for arch in $arches; do
+        apt_opts+=(-o "APT::Architectures::=$arch")
+    done
+    apt_opts+=(
+        -o "Dir::Etc::SourceList=$dir/sources.list"
+        -o "Dir::Etc::SourceParts=$dir/sources.list.d"
+        -o "Dir::Etc::Preferences=$dir/preferences"
+        -o "Dir::Etc::PreferencesParts=$dir/preferences.d"
+        -o "Dir::State::Lists=$dir/lists"
+        -o "Dir::State::status=$dir/status"
+        -o "Dir::Cache=$dir/cache"
+        -o "APT::Install-Recommends=false"
+        # Only Packages indexes: no AppStream metadata a host apt.conf.d may ask for.
+        -o "Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false"
+        -o "Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled=false"
+        -o "Acquire::IndexTargets::deb::DEP-11-icons-small::DefaultEnabled=false"
+        # The cache lives in root's home, which apt's unprivileged _apt user
+        # cannot enter.
+        -o "APT::Sandbox::User=root"
+    )
+    log "updating the $arches package lists of $dir for: $*"
+    apt-get "${apt_opts[@]}" update -qq >"$dir/update.log" 2>&1 ||
+        log "apt-get update reported errors (see $dir/update.log); resolving with the lists it has"
+}
