@@ -16,7 +16,8 @@
         The unique messages in `camnode hub --jsonl` files (a message redelivered
         to a hub that restarted counts once), and every saved image checked
         whole: a JPEG that starts with SOI, ends with EOI and has the size the
-        hub recorded. Prints JSON.
+        hub recorded; and how many images carry the motion detector's score
+        in their header. Prints JSON.
 
     pi-vm-check.py missing SPOOL_JSON HUB_JSON
         The spooled messages of SPOOL_JSON that HUB_JSON does not have.
@@ -161,7 +162,9 @@ def message_id(header):
 
 def spool(args):
     valid, damaged, unfinished = [], [], []
-    for path in sorted(Path(args.dir).iterdir()):
+    # No directory: nothing had reached the card when the power went.
+    paths = sorted(Path(args.dir).iterdir()) if Path(args.dir).is_dir() else []
+    for path in paths:
         if path.name.endswith(".tmp"):
             unfinished.append(path.name)
         elif path.name.endswith(".msg"):
@@ -192,7 +195,7 @@ def jpeg_whole(path, width, height):
 
 
 def hub(args):
-    seen, images, broken, first = {}, 0, [], None
+    seen, images, scored, broken = {}, 0, 0, []
     for name in args.jsonl:
         for line in Path(name).read_text().splitlines():
             received = json.loads(line)
@@ -202,10 +205,14 @@ def hub(args):
             seen[key] = received
             if received.get("kind") == "jpg":
                 images += 1
+                scored += received.get("score") is not None
                 path = received.get("path")
                 if path and not jpeg_whole(path, received.get("width"), received.get("height")):
                     broken.append(path)
-    json.dump({"messages": [json.loads(k) for k in seen], "images": images, "broken_images": broken}, sys.stdout)
+    json.dump(
+        {"messages": [json.loads(k) for k in seen], "images": images, "scored_images": scored, "broken_images": broken},
+        sys.stdout,
+    )
     print()
 
 
