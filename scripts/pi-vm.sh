@@ -32,12 +32,13 @@
 # machine's 127.0.0.1 as 10.0.2.2, and the guest's SSH port is forwarded to
 # a local port.
 #
-# `test` runs, against `camnode hub` on this machine:
+# `test` runs, against `camnode hub` on this machine, with the card set up
+# as a time-lapse node (every frame sent, and spooled while the hub is away):
 #   1. boot: from power-on to the first image at the hub (a first boot:
 #      the card grows its root partition and makes its SSH keys);
 #   2. capture: the service's frames come from vimc through libcamera in
 #      dma-bufs (its open descriptors show them), through motion detection
-#      and JPEG to the hub;
+#      (its score in every image's header) and JPEG to the hub;
 #   3. status LED: GPIO 17 through rppal on the emulated GPIO registers,
 #      read from outside through QEMU's monitor (GPLEV0): the "running"
 #      pattern, then "hub unreachable" once the hub stops. The trigger input
@@ -48,13 +49,14 @@
 #      service (the same build, repackaged with a higher version): the edited
 #      config stays, the service restarts and is healthy;
 #   5. watchdog: the node is frozen (SIGSTOP); systemd's WatchdogSec= kills
-#      it and Restart= starts it again;
-#   6. power cuts: QEMU is killed (no shutdown) while events are being
+#      it and Restart= starts it again, timed on the guest's clock;
+#   6. power cuts: QEMU is killed (no shutdown) while frames are being
 #      spooled with the hub down, and again while the hub is acknowledging
-#      the spool's backlog; after each the card's spool is read as the cut
-#      left it (debugfs, from outside), the Pi boots again, and every
-#      message the hub acknowledged, and every whole spooled one, must be at
-#      the hub, with no damaged image delivered.
+#      the spool's backlog; after each the card's root file system is read
+#      as the next boot will find it (journal replayed, from outside), the
+#      Pi boots again, and every message the hub acknowledged, and every
+#      whole spooled one, must be at the hub, with no damaged image
+#      delivered.
 # It prints, and with --json writes, a summary: machine, service_active,
 # capture, frames_delivered, led_toggles, watchdog_restarts, power_cut_lost,
 # boot_to_first_image_s, rss_kb (and the details behind them). Times are
