@@ -733,6 +733,11 @@ send = "all"
 
 [transport]
 hub = "tcp://10.0.2.2:$hub_port"
+# Room for a minute of frames: with the hub away the sender thread spools
+# them (an fsync each), and only a full queue makes the frame path spool
+# (Sender::offer), which on the emulated SD card under a loaded machine can
+# hold it past the watchdog.
+queue = 64
 
 [spool]
 keep = "all"
