@@ -763,23 +763,26 @@ TOML
     [ "$(vm_ssh hostname)" = camnode-vm ] || die "network.txt's hostname was not applied"
 
     # --- 2. capture through vimc, libcamera, dma-buf ---
-    local machine state pid
+    local machine
     machine=$(vm_ssh "tr -d '\\0' </proc/device-tree/model")
     note machine "$(jq_string "$machine")"
-    state=$(unit_show MainPID ActiveState)
-    pid=$(unit_prop MainPID "$state")
-    [ "$(unit_prop ActiveState "$state")" = active ] || die "camnode.service is $(unit_prop ActiveState "$state")"
     # What the service has open: the V4L2 nodes of the camera (the driver
     # behind them, from sysfs), and the dma-bufs libcamera's allocator
-    # exported from them. (`camnode cameras` cannot look meanwhile: libcamera
-    # locks the media device of a camera in use.)
+    # exported from them, read in one go once it holds a video node.
+    # (`camnode cameras` cannot look meanwhile: libcamera locks the media
+    # device of a camera in use.)
+    # shellcheck disable=SC2016 # expanded on the guest
+    vm_wait 60 'systemctl is-active -q camnode && sudo ls -l /proc/$(systemctl show -p MainPID --value camnode)/fd | grep -q /dev/video' ||
+        die "camnode.service is $(vm_ssh systemctl is-active camnode) and holds no video node"
     local fds dmabufs nodes
-    fds=$(vm_ssh "sudo ls -l /proc/$pid/fd")
+    # shellcheck disable=SC2016 # expanded on the guest
+    fds=$(vm_ssh 'sudo ls -l /proc/$(systemctl show -p MainPID --value camnode)/fd')
     dmabufs=$(grep -c 'dmabuf' <<<"$fds" || true)
-    nodes=$(vm_ssh "for n in \$(sudo ls -l /proc/$pid/fd | grep -o '/dev/video[0-9]*' | sort -u); do
-        d=/sys/class/video4linux/\${n#/dev/}; echo \"\$n \$(basename \$(readlink \$d/device/driver)) \$(cat \$d/name)\"; done")
+    nodes=$(grep -o '/dev/video[0-9]*' <<<"$fds" | sort -u | while read -r node; do
+        vm_ssh "d=/sys/class/video4linux/${node#/dev/}; echo $node \$(basename \$(readlink \$d/device/driver)) \$(cat \$d/name)" </dev/null
+    done)
     [ "$dmabufs" -gt 0 ] || die "camnode holds no dma-buf: $fds"
-    grep -q '^/dev/video[0-9]* vimc ' <<<"$nodes" || die "camnode has no vimc video node open: $nodes"
+    grep -q '^/dev/video[0-9]* vimc ' <<<"$nodes" || die "camnode has no vimc video node open: $nodes; its descriptors: $fds"
     note capture "$(python3 -c 'import json, sys; print(json.dumps({"driver": "vimc", "via": "libcamera (vimc pipeline)",
         "buffers": "dma-buf (FrameBufferAllocator)", "dmabuf_fds": int(sys.argv[1]),
         "video_nodes": [l.split(" ", 2)[0] + " " + l.split(" ", 2)[2] for l in sys.argv[2].splitlines()]}))' \
