@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Host-side checks of scripts/pi-vm.sh, on what the emulated Pi leaves behind.
 
-    pi-vm-check.py led QMP_SOCKET --pin N --seconds S
+    pi-vm-check.py led QMP_SOCKET --pin N --seconds S [--until PATTERN --timeout T]
         Samples the BCM2837's GPLEV0 register (0x3f200034, the levels of
         GPIO 0-31) through QEMU's QMP monitor every 20 ms, and names the
-        status LED pattern it saw (see src/gpio/led.rs). Prints JSON.
+        status LED pattern it saw (see src/gpio/led.rs); with --until, again
+        until that pattern shows or T seconds passed. Prints JSON.
 
     pi-vm-check.py spool DIR
         Reads a copy of camnode's spool directory (as it was on the card when
@@ -108,6 +109,20 @@ def classify(widths, intervals, level):
 
 def led(args):
     qmp = Qmp(args.socket)
+    start = time.monotonic()
+    while True:
+        result = led_window(qmp, args)
+        # A pattern is waited for: the LED may still show what came before
+        # (a motion event at start-up, say) for a while.
+        if not args.until or result["pattern"] == args.until or time.monotonic() - start > args.timeout:
+            break
+    result["waited_s"] = round(time.monotonic() - start - args.seconds, 1)
+    json.dump(result, sys.stdout)
+    print()
+
+
+def led_window(qmp, args):
+    """The LED's pulses over one window of `args.seconds`."""
     mask = 1 << args.pin
     samples = []
     end = time.monotonic() + args.seconds
@@ -124,7 +139,7 @@ def led(args):
             widths.append(after[0] - rise)
     intervals = [b - a for a, b in zip(rises, rises[1:])]
     toggles = len(rises) + len(falls)
-    result = {
+    return {
         "pin": args.pin,
         "seconds": args.seconds,
         "samples": len(samples),
@@ -134,8 +149,6 @@ def led(args):
         "flash_interval_s_median": round(statistics.median(intervals), 2) if intervals else None,
         "pattern": classify(widths, intervals, samples[-1][1] if samples else False),
     }
-    json.dump(result, sys.stdout)
-    print()
 
 
 PREAMBLE = struct.Struct("<4sB3xdIII")
@@ -239,6 +252,8 @@ def main():
     p.add_argument("socket")
     p.add_argument("--pin", type=int, default=17)
     p.add_argument("--seconds", type=float, default=10)
+    p.add_argument("--until", help="sample again until this pattern shows")
+    p.add_argument("--timeout", type=float, default=60, help="seconds to wait for --until")
     p.set_defaults(run=led)
     p = commands.add_parser("spool")
     p.add_argument("dir")

@@ -790,7 +790,7 @@ TOML
     log "capture: $dmabufs dma-buf descriptors; $(tr '\n' ';' <<<"$nodes")"
 
     # --- 3. the status LED, running ---
-    check led "$qmp" --pin "$led_pin" --seconds 10 >"$vm_dir/led-running.json"
+    check led "$qmp" --pin "$led_pin" --seconds 10 --until running --timeout 90 >"$vm_dir/led-running.json"
     log "LED with the hub up: $(cat "$vm_dir/led-running.json")"
 
     # --- 4. upgrade over the running service ---
@@ -847,7 +847,8 @@ PY
     stop_hub
     # shellcheck disable=SC2016 # expanded on the guest
     vm_wait 60 '[ -n "$(sudo ls /var/lib/camnode/spool)" ]' || die "nothing was spooled within 60 s of the hub stopping"
-    check led "$qmp" --pin "$led_pin" --seconds 8 >"$vm_dir/led-trouble.json"
+    # (A motion event the restarted node saw at start-up may still be lit.)
+    check led "$qmp" --pin "$led_pin" --seconds 8 --until trouble --timeout 90 >"$vm_dir/led-trouble.json"
     log "LED with the hub down: $(cat "$vm_dir/led-trouble.json")"
     # shellcheck disable=SC2016 # expanded on the guest
     vm_wait 120 '[ "$(sudo find /var/lib/camnode/spool -name "*.msg" | wc -l)" -ge 20 ]' ||
