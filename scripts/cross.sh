@@ -66,7 +66,7 @@ glibc_max=2.36
 
 log() { echo "cross.sh: $*" >&2; }
 die() { log "error: $*"; exit 1; }
-# need_packages, armhf_sysroot
+# need_packages, armhf_sysroot, register_binfmt
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
 
@@ -86,22 +86,6 @@ describe() {
 }
 
 # --- setup ---------------------------------------------------------------------
-
-# Tests start the `camnode` binary as a child process. Under qemu-user that
-# child is an ARM executable the kernel must know how to run: binfmt_misc
-# hands it to qemu (flag F keeps the interpreter usable in any mount
-# namespace), and QEMU_LD_PREFIX (set where tests run) gives it the sysroot.
-register_binfmt() {
-    local name=$1 dir=/proc/sys/fs/binfmt_misc
-    if [ ! -e "$dir/register" ]; then
-        mount -t binfmt_misc binfmt_misc "$dir" ||
-            die "binfmt_misc is not available, so tests cannot start ARM child processes; mount it on $dir"
-    fi
-    [ -e "$dir/$name" ] && return 0
-    [ -f "/usr/lib/binfmt.d/$name.conf" ] || die "/usr/lib/binfmt.d/$name.conf missing: is qemu-user-static installed?"
-    tr -d '\n' <"/usr/lib/binfmt.d/$name.conf" >"$dir/register"
-    log "registered $name with binfmt_misc"
-}
 
 setup() {
     local t pkgs=(qemu-user-static cmake pkg-config python3 libjpeg-turbo-progs)

@@ -61,3 +61,73 @@ armhf_sysroot() {
     # (libcamera.sh, cross.sh) ask it again, answers with this one.
     export CAMNODE_ARMHF_SYSROOT=$armhf_root
 }
+
+# Lets the kernel run ARM executables of the qemu-user interpreter $1
+# (qemu-aarch64, qemu-arm; from qemu-user-static): binfmt_misc hands them to
+# qemu (flag F keeps the interpreter usable in any mount namespace). cross.sh
+# needs it for tests that start the ARM `camnode` as a child process,
+# package.sh and pi-vm.sh for the maintainer scripts of an ARM root.
+register_binfmt() {
+    local name=$1 dir=/proc/sys/fs/binfmt_misc
+    if [ ! -e "$dir/register" ]; then
+        mount -t binfmt_misc binfmt_misc "$dir" ||
+            die "binfmt_misc is not available, so ARM programs cannot run here; mount it on $dir"
+    fi
+    [ -e "$dir/$name" ] && return 0
+    [ -f "/usr/lib/binfmt.d/$name.conf" ] || die "/usr/lib/binfmt.d/$name.conf missing: is qemu-user-static installed?"
+    tr -d '\n' <"/usr/lib/binfmt.d/$name.conf" >"$dir/register"
+    log "registered $name with binfmt_misc"
+}
+
+# The Debian archive that serves $1 (bookworm, bookworm-security...), on
+# DEBIAN_MIRROR (default deb.debian.org) or the security mirror beside it.
+debian_url() {
+    local mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+    case $1 in
+    *-security) echo "${mirror%/debian}/debian-security" ;;
+    *) echo "$mirror" ;;
+    esac
+}
+
+# apt with a configuration of its own in directory $1 (sources, lists,
+# cache, an empty dpkg status), for foreign architectures: the system's dpkg
+# database and apt configuration are never touched. $2: the architectures,
+# the first one native; $3: the components; then the suites. Sets apt_opts
+# for apt-get and apt-cache, and brings the lists up to date: cheap after
+# the first run, and should the mirror be unreachable, the lists of the
+# last update still resolve.
+private_apt() {
+    local dir=$1 arches=$2 components=$3 suite arch
+    shift 3
+    mkdir -p "$dir/lists/partial" "$dir/cache/archives/partial" "$dir/sources.list.d" "$dir/preferences.d"
+    : >"$dir/status"
+    : >"$dir/sources.list"
+    for suite in "$@"; do
+        echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $(debian_url "$suite") $suite $components" \
+            >>"$dir/sources.list"
+    done
+    apt_opts=(-o "APT::Architecture=${arches%% *}")
+    for arch in $arches; do
+        apt_opts+=(-o "APT::Architectures::=$arch")
+    done
+    apt_opts+=(
+        -o "Dir::Etc::SourceList=$dir/sources.list"
+        -o "Dir::Etc::SourceParts=$dir/sources.list.d"
+        -o "Dir::Etc::Preferences=$dir/preferences"
+        -o "Dir::Etc::PreferencesParts=$dir/preferences.d"
+        -o "Dir::State::Lists=$dir/lists"
+        -o "Dir::State::status=$dir/status"
+        -o "Dir::Cache=$dir/cache"
+        -o "APT::Install-Recommends=false"
+        # Only Packages indexes: no AppStream metadata a host apt.conf.d may ask for.
+        -o "Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false"
+        -o "Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled=false"
+        -o "Acquire::IndexTargets::deb::DEP-11-icons-small::DefaultEnabled=false"
+        # The cache lives in root's home, which apt's unprivileged _apt user
+        # cannot enter.
+        -o "APT::Sandbox::User=root"
+    )
+    log "updating the $arches package lists of $dir for: $*"
+    apt-get "${apt_opts[@]}" update -qq >"$dir/update.log" 2>&1 ||
+        log "apt-get update reported errors (see $dir/update.log); resolving with the lists it has"
+}

@@ -10,7 +10,9 @@
 # configuration (its own sources list, lists and cache under the cache
 # directory), so the system's apt setup is never touched. Only the virtual
 # pipeline handler (a camera that needs no hardware, used by the tests) and
-# uvcvideo are built, with no IPA modules and none of libcamera's own tools.
+# uvcvideo are built, with no IPA modules and none of libcamera's own tools;
+# for aarch64 also vimc and its IPA module (signed, so that it loads
+# in-process), the camera of the emulated Pi of scripts/pi-vm.sh.
 # aarch64 and armv7 are cross-built from the same source with Debian's cross
 # compilers, for the Raspberry Pi release builds. Their build dependencies
 # (the "libcamera" lines of scripts/target-dev-packages) come:
@@ -26,7 +28,8 @@
 #
 # Each build lands in $CAMNODE_CACHE/libcamera-VERSION-ARCH (CAMNODE_CACHE
 # defaults to ~/.cache/camnode), for armv7 in SYSROOT/opt/libcamera-VERSION,
-# and is reused as soon as it has its `.complete` marker. The script prints,
+# and is reused as soon as its `.complete` marker names the pipelines and IPA
+# modules this script builds for the target. The script prints,
 # on stdout, the shell lines that point cargo at the build; the same lines
 # are kept in the prefix's env.sh:
 #
@@ -58,6 +61,10 @@ die() { log "error: $*"; exit 1; }
 # shellcheck source=scripts/lib.sh
 source "$scripts/lib.sh"
 
+# The pipeline handlers and IPA modules of each target's build; recorded in
+# its `.complete`, so a build made with others is made again.
+pipelines=virtual,uvcvideo
+ipas=
 case $target in
 host)
     arch=$(uname -m)
@@ -71,6 +78,8 @@ aarch64)
     rust_target=aarch64-unknown-linux-gnu
     meson_cpu_family=aarch64
     meson_cpu=aarch64
+    pipelines=virtual,uvcvideo,vimc
+    ipas=vimc
     ;;
 armv7)
     arch=armv7
@@ -94,7 +103,7 @@ target_runtime_libs=(libyaml-0-2 libudev1 libyuv0 libssl3)
 crate_tools=(pkgconf libclang-dev clang)
 # What meson needs to build it. meson, ninja and the code generators run on
 # the build machine; the -dev libraries are for the target architecture.
-build_tools=(meson ninja-build pkgconf g++ python3-ply python3-jinja2 python3-yaml xz-utils)
+build_tools=(meson ninja-build pkgconf g++ python3-ply python3-jinja2 python3-yaml xz-utils openssl)
 mapfile -t target_dev_libs < <(awk '!/^#/ && $2 == "libcamera" { print $1 }' "$scripts/target-dev-packages")
 
 # armv7: the private sysroot holds the -dev libraries and their runtime
@@ -195,7 +204,16 @@ prefix_of() {
     fi
 }
 
-if [ -n "$version" ] && [ -f "$(prefix_of "$version")/.complete" ]; then
+# What a build's `.complete` says it has. Builds made before the marker
+# named anything had the pipelines every target has.
+built_with() {
+    local marker=$1/.complete
+    [ -f "$marker" ] || return 0
+    if [ -s "$marker" ]; then cat "$marker"; else echo "pipelines=virtual,uvcvideo ipas="; fi
+}
+wanted="pipelines=$pipelines ipas=$ipas"
+
+if [ -n "$version" ] && [ "$(built_with "$(prefix_of "$version")")" = "$wanted" ]; then
     log "using cached $(prefix_of "$version")"
     need_packages "${runtime_packages[@]}"
     emit_env "$(prefix_of "$version")"
@@ -295,8 +313,8 @@ meson_args=(
     --libdir=lib
     --buildtype=release
     -Dwerror=false
-    -Dpipelines=virtual,uvcvideo
-    -Dipas=
+    "-Dpipelines=$pipelines"
+    "-Dipas=$ipas"
     -Dudev=enabled
 )
 for opt in cam qcam gstreamer v4l2 lc-compliance pycamera documentation tracing android test libdw libunwind; do
@@ -366,5 +384,5 @@ log "built and installed libcamera $version for $arch in $(($(date +%s) - start)
 # directory exists even if a future version stops installing a sample.
 mkdir -p "$prefix/share/libcamera/pipeline/virtual"
 rm -rf "$build"
-touch "$prefix/.complete"
+echo "$wanted" >"$prefix/.complete"
 emit_env "$prefix"

@@ -469,8 +469,10 @@ EOF
 
 check_fleet() {
     shellcheck -x deploy/fleet.sh scripts/cross.sh scripts/package.sh scripts/sysroot.sh scripts/libcamera.sh scripts/lib.sh \
-        deploy/debian/postinst deploy/debian/postrm
-    log "shellcheck: fleet.sh, cross.sh, package.sh, sysroot.sh, libcamera.sh, lib.sh and the maintainer scripts are clean"
+        scripts/pi-vm.sh deploy/debian/postinst deploy/debian/postrm \
+        deploy/pi-image/rootfs/usr/lib/camnode/card-setup deploy/pi-image/rootfs/etc/initramfs-tools/hooks/camnode-pi
+    log "shellcheck: fleet.sh, cross.sh, package.sh, sysroot.sh, libcamera.sh, lib.sh, pi-vm.sh, the maintainer scripts" \
+        "and the Pi image's scripts are clean"
 
     local dir plan hosts hosts_file=deploy/hosts.example
     dir=$(mktemp -d)

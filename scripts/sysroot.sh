@@ -63,50 +63,19 @@ if [ ${#packages[@]} -eq 0 ]; then
 fi
 cache=${CAMNODE_CACHE:-$HOME/.cache/camnode}
 suites=${SYSROOT_SUITES:-bookworm bookworm-updates bookworm-security}
-mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 
 log() { echo "sysroot.sh: $*" >&2; }
 die() { log "error: $*"; exit 1; }
+# private_apt
+# shellcheck source=scripts/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 # Provided by the cross toolchain (see above).
 toolchain_packages=" libc6 libc6-dev linux-libc-dev libcrypt1 libcrypt-dev libgcc-s1 libgcc-12-dev libstdc++6 libstdc++-12-dev gcc-12-base "
 
 apt_dir=$cache/apt-$arch
-mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$apt_dir/sources.list.d" "$apt_dir/preferences.d"
-: >"$apt_dir/status"
-: >"$apt_dir/sources.list"
-for suite in $suites; do
-    case $suite in
-    *-security) url=${mirror%/debian}/debian-security ;;
-    *) url=$mirror ;;
-    esac
-    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $url $suite main" >>"$apt_dir/sources.list"
-done
-apt_opts=(
-    -o "APT::Architecture=$arch"
-    -o "APT::Architectures=$arch"
-    -o "Dir::Etc::SourceList=$apt_dir/sources.list"
-    -o "Dir::Etc::SourceParts=$apt_dir/sources.list.d"
-    -o "Dir::Etc::Preferences=$apt_dir/preferences"
-    -o "Dir::Etc::PreferencesParts=$apt_dir/preferences.d"
-    -o "Dir::State::Lists=$apt_dir/lists"
-    -o "Dir::State::status=$apt_dir/status"
-    -o "Dir::Cache=$apt_dir/cache"
-    -o "APT::Install-Recommends=false"
-    # Only Packages indexes: no AppStream metadata a host apt.conf.d may ask for.
-    -o "Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false"
-    -o "Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled=false"
-    -o "Acquire::IndexTargets::deb::DEP-11-icons-small::DefaultEnabled=false"
-    # The cache lives in root's home, which apt's unprivileged _apt user
-    # cannot enter.
-    -o "APT::Sandbox::User=root"
-)
-
-# Cheap after the first run (apt fetches only changed indexes); if the mirror
-# is unreachable, the lists of the last update still resolve.
-log "updating $arch package lists for: $suites"
-apt-get "${apt_opts[@]}" update -qq >"$apt_dir/update.log" 2>&1 ||
-    log "apt-get update reported errors (see $apt_dir/update.log); resolving with the lists it has"
+# shellcheck disable=SC2086 # the suites are words
+private_apt "$apt_dir" "$arch" main $suites
 
 # The closure, as "package version" lines, from a simulated install into the
 # empty status.

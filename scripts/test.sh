@@ -10,8 +10,12 @@
 #   3. the Pi features: libcamera end to end on the virtual camera, GPIO;
 #   4. cross builds for aarch64 and armv7, the suite under qemu-aarch64 (for
 #      armv7 the libcamera tests), smoke runs of both ARM binaries, and the
-#      Debian packages with their checks and installation tests.
-# CAMNODE_SKIP_CROSS=1 stops after step 3 (for quick local runs).
+#      Debian packages with their checks and installation tests;
+#   5. the Raspberry Pi image with the arm64 package, booted on an emulated
+#      Raspberry Pi 3 (scripts/pi-vm.sh test: systemd, vimc capture, GPIO,
+#      watchdog, power cuts, upgrade); its summary in target/pi-vm/summary.json.
+# CAMNODE_SKIP_CROSS=1 stops after step 3 (for quick local runs);
+# CAMNODE_SKIP_PI_VM=1 after step 4.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cache=${CAMNODE_CACHE:-$HOME/.cache/camnode}
@@ -49,4 +53,10 @@ export CAMNODE_HOST_BIN="$host_target/debug/camnode"
 bash scripts/cross.sh all
 step "Debian packages"
 bash scripts/package.sh
+if [[ ${CAMNODE_SKIP_PI_VM:-} == 1 ]]; then
+    step "emulated Pi skipped (CAMNODE_SKIP_PI_VM=1)"
+    exit 0
+fi
+step "Raspberry Pi image on an emulated Raspberry Pi 3"
+bash scripts/pi-vm.sh test --json target/pi-vm/summary.json
 step "done"

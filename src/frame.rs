@@ -397,6 +397,38 @@ impl FrameBuf {
         }
     }
 
+    /// Fills this buffer (at its current size) from packed 24-bit RGB rows,
+    /// R, G, B in memory order, `rgb.stride` bytes apart: BT.601 full range
+    /// (JFIF's colour space), chroma averaged over each 2x2 block. For sources
+    /// that only have RGB: JPEGs that are not 4:2:0, and cameras without a
+    /// YUV output.
+    pub fn fill_from_rgb(&mut self, rgb: Plane<'_>) {
+        let (w, h) = (self.width, self.height);
+        let (cw, ch) = chroma_size(w, h);
+        let (y, u, v) = self.planes_mut();
+        for (row, dst) in y.chunks_exact_mut(w).enumerate() {
+            for (luma, px) in dst.iter_mut().zip(rgb.row(row, w * 3).chunks_exact(3)) {
+                let (r, g, b) = (px[0] as i32, px[1] as i32, px[2] as i32);
+                *luma = ((77 * r + 150 * g + 29 * b + 128) >> 8) as u8;
+            }
+        }
+        for cy in 0..ch {
+            for cx in 0..cw {
+                let (mut r, mut g, mut b, mut n) = (0i32, 0i32, 0i32, 0i32);
+                for (dx, dy) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
+                    let (x, yy) = (cx * 2 + dx, cy * 2 + dy);
+                    if x < w && yy < h {
+                        let p = &rgb.row(yy, w * 3)[x * 3..];
+                        (r, g, b, n) = (r + p[0] as i32, g + p[1] as i32, b + p[2] as i32, n + 1);
+                    }
+                }
+                let (r, g, b) = (r / n, g / n, b / n);
+                u[cy * cw + cx] = ((-43 * r - 85 * g + 128 * b + 128) / 256 + 128).clamp(0, 255) as u8;
+                v[cy * cw + cx] = ((128 * r - 107 * g - 21 * b + 128) / 256 + 128).clamp(0, 255) as u8;
+            }
+        }
+    }
+
     /// Copies any frame into this buffer as packed I420, deinterleaving NV12.
     pub fn copy_from(&mut self, frame: &Frame) {
         self.resize(frame.width, frame.height);
@@ -446,6 +478,17 @@ mod tests {
         }
         assert_eq!(spares.spare.len(), 4);
         assert_eq!(spares.spare.capacity(), room, "giving back the buffers made grew the list");
+    }
+
+    #[test]
+    fn padded_rgb_rows_convert_to_i420() {
+        // 2x2 RGB with rows padded to 8 bytes: red, white / black, blue.
+        let rgb = [255u8, 0, 0, 255, 255, 255, 9, 9, 0, 0, 0, 0, 0, 255, 9, 9];
+        let mut buf = FrameBuf::default();
+        buf.resize(2, 2);
+        buf.fill_from_rgb(Plane { data: &rgb, stride: 8 });
+        // Luma per pixel; one chroma sample for the block (mean R 127, G 63, B 127).
+        assert_eq!(&buf.data[..], [77, 255, 0, 29, 149, 155]);
     }
 
     #[test]

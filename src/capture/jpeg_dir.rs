@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use turbojpeg::{Decompressor, PixelFormat, Subsamp, YuvImage};
 
 use super::FrameSource;
-use crate::frame::{chroma_size, unix_now, Frame, FrameBuf};
+use crate::frame::{unix_now, Frame, FrameBuf, Plane};
 
 pub struct JpegDir {
     files: Vec<PathBuf>,
@@ -78,36 +78,10 @@ impl JpegDir {
             self.rgb.resize(header.width * header.height * 3, 0);
             let image = turbojpeg::Image { pixels: &mut self.rgb[..], width: header.width, pitch: header.width * 3, height: header.height, format: PixelFormat::RGB };
             let result = self.decompressor.decompress(&self.jpeg, image);
-            rgb_to_i420(&self.rgb, &mut self.frame);
+            self.frame.fill_from_rgb(Plane { data: &self.rgb, stride: header.width * 3 });
             result
         }
         .with_context(|| format!("cannot decode {}", path.display()))
-    }
-}
-
-/// BT.601 full-range RGB to I420, chroma averaged over each 2x2 block (JFIF's colour space).
-fn rgb_to_i420(rgb: &[u8], out: &mut FrameBuf) {
-    let (w, h) = (out.width, out.height);
-    let (cw, ch) = chroma_size(w, h);
-    let (y, u, v) = out.planes_mut();
-    for (i, px) in rgb.chunks_exact(3).enumerate() {
-        let (r, g, b) = (px[0] as i32, px[1] as i32, px[2] as i32);
-        y[i] = ((77 * r + 150 * g + 29 * b + 128) >> 8) as u8;
-    }
-    for cy in 0..ch {
-        for cx in 0..cw {
-            let (mut r, mut g, mut b, mut n) = (0i32, 0i32, 0i32, 0i32);
-            for (dx, dy) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
-                let (x, yy) = (cx * 2 + dx, cy * 2 + dy);
-                if x < w && yy < h {
-                    let p = &rgb[(yy * w + x) * 3..];
-                    (r, g, b, n) = (r + p[0] as i32, g + p[1] as i32, b + p[2] as i32, n + 1);
-                }
-            }
-            let (r, g, b) = (r / n, g / n, b / n);
-            u[cy * cw + cx] = ((-43 * r - 85 * g + 128 * b + 128) / 256 + 128).clamp(0, 255) as u8;
-            v[cy * cw + cx] = ((128 * r - 107 * g - 21 * b + 128) / 256 + 128).clamp(0, 255) as u8;
-        }
     }
 }
 

@@ -1,5 +1,5 @@
 //! The Raspberry Pi backend: rppal, which drives outputs through
-//! `/dev/gpiomem` and gets input edges from the kernel's GPIO character
+//! `/dev/gpiomem` (`/dev/mem` on kernels without it) and gets input edges from the kernel's GPIO character
 //! device (`/dev/gpiochipN`), on a thread of its own that sleeps in the
 //! kernel until an edge arrives — no polling.
 //!
@@ -24,6 +24,14 @@ impl Rppal {
     pub fn open() -> Result<Rppal> {
         let gpio = Gpio::new().map_err(|e| match e {
             Error::UnknownModel => anyhow!("this machine is not a Raspberry Pi model that rppal knows"),
+            // Upstream kernels (Debian's, on the Pi image of scripts/pi-vm.sh)
+            // have no /dev/gpiomem, and rppal falls back to /dev/mem, which
+            // no group membership opens.
+            Error::PermissionDenied(path) if path == "/dev/mem" => anyhow!(
+                "permission denied on /dev/mem (this kernel has no /dev/gpiomem): the service needs \
+                 CAP_SYS_RAWIO, write access to /dev/mem and `iomem=relaxed` on the kernel command line, \
+                 as the camnode Pi image sets them up (docs/raspberry-pi.md)"
+            ),
             Error::PermissionDenied(path) => {
                 anyhow!("permission denied on {path}: add the user to the `gpio` group (sudo usermod -aG gpio USER)")
             }

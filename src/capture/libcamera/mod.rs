@@ -9,6 +9,12 @@
 //! to the camera on the following call, so the pipeline holds at most one
 //! buffer and the camera keeps the rest.
 //!
+//! A camera with no YUV output at all (vimc, the kernel's virtual media
+//! controller camera that the emulated Pi of `scripts/pi-vm.sh` captures
+//! from, offers only packed RGB) is streamed in BGR888 and each frame is
+//! converted to I420 into a buffer of the source's own; its request goes
+//! back to the camera at once.
+//!
 //! Completed requests are handed over in capture order. When the pipeline is
 //! slower than the camera, the camera runs out of queued buffers and skips
 //! frames itself; those show up as gaps in libcamera's frame sequence and are
@@ -62,7 +68,7 @@ use libcamera::utils::UniquePtr;
 use super::controls::{self, CameraInfo, Hdr, Targets, Value};
 use super::{CaptureConfig, FrameSource};
 use crate::flip::Flip;
-use crate::frame::{chroma_size, unix_now, Frame, PixelLayout, Plane};
+use crate::frame::{chroma_size, unix_now, Frame, FrameBuf, PixelLayout, Plane};
 
 /// Buffers in flight: enough for the camera to keep streaming while the
 /// pipeline holds one frame, few enough to keep latency and memory low.
@@ -92,7 +98,9 @@ pub struct LibcameraSource {
     id: String,
     width: usize,
     height: usize,
-    layout: PixelLayout,
+    format: BufferFormat,
+    /// Where RGB frames are converted to; unused with YUV buffers.
+    converted: FrameBuf,
     hardware_flip: bool,
     frame_timeout: Duration,
     sequence: SequenceTracker,
@@ -147,7 +155,7 @@ impl LibcameraSource {
 
         let wanted = orientation_for(capture.flip);
         let size = capture.size.map(|s| (s.width, s.height));
-        let (mut config, layout) = configure(&active, &id, size, wanted)?;
+        let (mut config, format) = configure(&active, &id, size, wanted)?;
         let hardware_flip = wanted != Orientation::Rotate0 && config.orientation() == wanted;
         active.configure(&mut config).with_context(|| format!("libcamera refused the configuration of camera {id}"))?;
         // Ranges (the frame rate above all) depend on the configured size.
@@ -158,7 +166,7 @@ impl LibcameraSource {
         let stream = stream_config.stream().context("libcamera did not assign a stream")?;
         let size = stream_config.get_size();
         let geometry = Geometry {
-            layout,
+            format,
             width: size.width as usize,
             height: size.height as usize,
             stride: stream_config.get_stride() as usize,
@@ -209,7 +217,11 @@ impl LibcameraSource {
             (_, true) => "flipped by the camera",
             (_, false) => "the camera cannot flip: flipped in software",
         };
-        log::info!("camera {id}: {}x{} {layout:?}, {buffer_count} buffers, {flip}", geometry.width, geometry.height);
+        log::info!("camera {id}: {}x{} {format:?}, {buffer_count} buffers, {flip}", geometry.width, geometry.height);
+        let converted = match format {
+            BufferFormat::Rgb24 => FrameBuf::new(geometry.width, geometry.height),
+            BufferFormat::Yuv(_) => FrameBuf::default(),
+        };
 
         Ok(LibcameraSource {
             lent: None,
@@ -224,7 +236,8 @@ impl LibcameraSource {
             id,
             width: geometry.width,
             height: geometry.height,
-            layout,
+            format,
+            converted,
             hardware_flip,
             frame_timeout: frame_timeout(&planned),
             sequence: SequenceTracker::default(),
@@ -311,22 +324,25 @@ impl FrameSource for LibcameraSource {
                 .buffers
                 .get(index)
                 .with_context(|| format!("camera {}: completed request has unknown buffer {index}", self.id))?;
+            let timestamp = unix_time_of_monotonic(metadata.timestamp_ns);
+            let layout = match self.format {
+                BufferFormat::Yuv(layout) => layout,
+                BufferFormat::Rgb24 => {
+                    // SAFETY: the request is out of the camera's hands until
+                    // it is queued again below, after the conversion.
+                    self.converted.fill_from_rgb(unsafe { planes.y.as_plane() });
+                    self.requeue(request)?;
+                    (self.converted.seq, self.converted.timestamp) = (seq, timestamp);
+                    return Ok(Some(self.converted.as_frame()));
+                }
+            };
             self.lent = Some(request);
             // SAFETY: the mapping belongs to the request now in `self.lent`,
             // which stays out of the camera's hands (nothing writes to the
             // buffer) until the next call, and the returned frame borrows
             // `self` for at most that long.
             let (y, u, v) = unsafe { (planes.y.as_plane(), planes.u.as_plane(), planes.v.as_plane()) };
-            return Ok(Some(Frame {
-                width: self.width,
-                height: self.height,
-                layout: self.layout,
-                y,
-                u,
-                v,
-                seq,
-                timestamp: unix_time_of_monotonic(metadata.timestamp_ns),
-            }));
+            return Ok(Some(Frame { width: self.width, height: self.height, layout, y, u, v, seq, timestamp }));
         }
     }
 
@@ -555,27 +571,28 @@ fn orientation_for(flip: Flip) -> Orientation {
     }
 }
 
-/// Builds and validates the single-stream configuration: size, 4:2:0 format,
-/// buffer count and, where the camera can apply it, the orientation.
+/// Builds and validates the single-stream configuration: size, format (4:2:0,
+/// or RGB for cameras without it), buffer count and, where the camera can
+/// apply it, the orientation.
 fn configure(
     camera: &Camera<'_>,
     id: &str,
     size: Option<(usize, usize)>,
     orientation: Orientation,
-) -> Result<(CameraConfiguration, PixelLayout)> {
+) -> Result<(CameraConfiguration, BufferFormat)> {
     let mut config = camera
         .generate_configuration(&[StreamRole::VideoRecording])
         .with_context(|| format!("camera {id} offers no video stream"))?;
-    let (format, layout, offered) = {
+    let (format, buffer_format, offered) = {
         let stream = config.get(0).context("libcamera generated an empty configuration")?;
         let offered: Vec<PixelFormat> = stream.formats().pixel_formats().into_iter().collect();
-        let Some((format, layout)) = choose_format(&offered) else {
+        let Some((format, buffer_format)) = choose_format(&offered) else {
             bail!(
-                "camera {id} offers no YUV 4:2:0 video format (YUV420 or NV12) that camnode needs; it offers {}",
+                "camera {id} offers no video format that camnode takes (YUV420, NV12, or BGR888 converted); it offers {}",
                 format_list(&offered)
             );
         };
-        (format, layout, offered)
+        (format, buffer_format, offered)
     };
     {
         let mut stream = config.get_mut(0).expect("checked above");
@@ -617,14 +634,29 @@ fn configure(
             );
         }
     }
-    Ok((config, layout))
+    Ok((config, buffer_format))
 }
 
-/// YUV420 where offered (planar, the encoder's native input), else NV12.
-fn choose_format(offered: &[PixelFormat]) -> Option<(PixelFormat, PixelLayout)> {
-    [(formats::YUV420, PixelLayout::I420), (formats::NV12, PixelLayout::Nv12)]
-        .into_iter()
-        .find(|(format, _)| offered.contains(format))
+/// How the camera's buffers hold a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BufferFormat {
+    /// YUV 4:2:0 planes, lent to the pipeline as they are.
+    Yuv(PixelLayout),
+    /// Packed 24-bit RGB, R, G, B in memory order (libcamera's BGR888, named
+    /// after DRM's little-endian words), converted to I420 frame by frame.
+    Rgb24,
+}
+
+/// YUV420 where offered (planar, the encoder's native input), else NV12;
+/// packed RGB, at the cost of a conversion, only when a camera has no YUV.
+fn choose_format(offered: &[PixelFormat]) -> Option<(PixelFormat, BufferFormat)> {
+    [
+        (formats::YUV420, BufferFormat::Yuv(PixelLayout::I420)),
+        (formats::NV12, BufferFormat::Yuv(PixelLayout::Nv12)),
+        (formats::BGR888, BufferFormat::Rgb24),
+    ]
+    .into_iter()
+    .find(|(format, _)| offered.contains(format))
 }
 
 fn format_list(formats: &[PixelFormat]) -> String {
@@ -650,7 +682,7 @@ fn size_list(formats: &libcamera::stream::StreamFormatsRef<'_>, format: PixelFor
 
 /// The shape of every buffer of the configured stream.
 struct Geometry {
-    layout: PixelLayout,
+    format: BufferFormat,
     width: usize,
     height: usize,
     /// Bytes per row of the Y plane; chroma strides follow from it.
@@ -661,22 +693,24 @@ struct Geometry {
 
 impl Geometry {
     /// Stride and row count of each plane, in Y, U (or UV), V order; V is
-    /// empty for NV12.
+    /// empty for NV12, and packed RGB is one plane, kept in Y's place.
     fn plane_shapes(&self) -> [(usize, usize); 3] {
         let (_, chroma_rows) = chroma_size(self.width, self.height);
-        match self.layout {
-            PixelLayout::I420 => {
+        match self.format {
+            BufferFormat::Yuv(PixelLayout::I420) => {
                 let chroma_stride = self.stride.div_ceil(2);
                 [(self.stride, self.height), (chroma_stride, chroma_rows), (chroma_stride, chroma_rows)]
             }
-            PixelLayout::Nv12 => [(self.stride, self.height), (self.stride, chroma_rows), (0, 0)],
+            BufferFormat::Yuv(PixelLayout::Nv12) => [(self.stride, self.height), (self.stride, chroma_rows), (0, 0)],
+            BufferFormat::Rgb24 => [(self.stride, self.height), (0, 0), (0, 0)],
         }
     }
 
     fn plane_count(&self) -> usize {
-        match self.layout {
-            PixelLayout::I420 => 3,
-            PixelLayout::Nv12 => 2,
+        match self.format {
+            BufferFormat::Yuv(PixelLayout::I420) => 3,
+            BufferFormat::Yuv(PixelLayout::Nv12) => 2,
+            BufferFormat::Rgb24 => 1,
         }
     }
 
@@ -701,7 +735,7 @@ impl Geometry {
                     lengths[i],
                     self.width,
                     self.height,
-                    self.layout
+                    self.format
                 );
                 *plane = Plane { data: &mapped[i][..lengths[i]], stride: shapes[i].0 };
             }
@@ -714,7 +748,7 @@ impl Geometry {
                     whole.len(),
                     self.width,
                     self.height,
-                    self.layout,
+                    self.format,
                     self.stride
                 );
                 let (data, tail) = rest.split_at(lengths[i]);
@@ -722,7 +756,7 @@ impl Geometry {
                 rest = tail;
             }
         } else {
-            bail!("buffer has {} planes, {:?} needs {}", mapped.len(), self.layout, self.plane_count());
+            bail!("buffer has {} planes, {:?} needs {}", mapped.len(), self.format, self.plane_count());
         }
         Ok(planes)
     }
@@ -770,18 +804,20 @@ fn attach_buffers<B: AsFrameBuffer + 'static>(
         let mapped =
             MemoryMappedFrameBuffer::new(buffer).map_err(|e| anyhow!("could not map capture buffer {index}: {e}"))?;
         let [y, u, v] = geometry.split(&mapped.data()).with_context(|| format!("capture buffer {index}"))?;
-        let frame = Frame {
-            width: geometry.width,
-            height: geometry.height,
-            layout: geometry.layout,
-            y,
-            u,
-            v,
-            seq: 0,
-            timestamp: 0.0,
-        };
         // Checked once here so that no frame needs checking later.
-        frame.validate().with_context(|| format!("capture buffer {index}"))?;
+        match geometry.format {
+            BufferFormat::Yuv(layout) => {
+                let (width, height) = (geometry.width, geometry.height);
+                let frame = Frame { width, height, layout, y, u, v, seq: 0, timestamp: 0.0 };
+                frame.validate().with_context(|| format!("capture buffer {index}"))?;
+            }
+            BufferFormat::Rgb24 => anyhow::ensure!(
+                geometry.stride >= geometry.width * 3,
+                "capture buffer {index}: RGB rows of {} bytes cannot hold {} pixels",
+                geometry.stride,
+                geometry.width
+            ),
+        }
         planes.push(MappedPlanes { y: RawPlane::of(&y), u: RawPlane::of(&u), v: RawPlane::of(&v) });
         let mut request = camera.create_request(Some(index as u64)).context("libcamera could not create a request")?;
         request.add_buffer(stream, mapped).with_context(|| format!("could not attach capture buffer {index}"))?;
@@ -890,7 +926,7 @@ mod tests {
     }
 
     fn geometry(layout: PixelLayout, width: usize, height: usize, stride: usize) -> Geometry {
-        Geometry { layout, width, height, stride, frame_size: 0 }
+        Geometry { format: BufferFormat::Yuv(layout), width, height, stride, frame_size: 0 }
     }
 
     #[test]
@@ -945,10 +981,22 @@ mod tests {
     }
 
     #[test]
-    fn yuv420_is_preferred_over_nv12() {
-        assert_eq!(choose_format(&[formats::NV12, formats::YUV420]).map(|f| f.1), Some(PixelLayout::I420));
-        assert_eq!(choose_format(&[formats::NV12]).map(|f| f.1), Some(PixelLayout::Nv12));
-        assert!(choose_format(&[formats::YUYV]).is_none());
+    fn yuv420_is_preferred_over_nv12_and_rgb_taken_only_without_yuv() {
+        let yuv = |layout| Some(BufferFormat::Yuv(layout));
+        assert_eq!(choose_format(&[formats::NV12, formats::YUV420]).map(|f| f.1), yuv(PixelLayout::I420));
+        assert_eq!(choose_format(&[formats::BGR888, formats::NV12]).map(|f| f.1), yuv(PixelLayout::Nv12));
+        // vimc's formats: RGB888 is B, G, R in memory; camnode takes BGR888.
+        assert_eq!(choose_format(&[formats::RGB888, formats::BGR888]), Some((formats::BGR888, BufferFormat::Rgb24)));
+        assert!(choose_format(&[formats::YUYV, formats::RGB888]).is_none());
+    }
+
+    #[test]
+    fn rgb_buffers_are_one_plane_of_padded_rows() {
+        let g = Geometry { format: BufferFormat::Rgb24, width: 4, height: 2, stride: 16, frame_size: 0 };
+        assert_eq!(g.plane_lengths(), ([32, 0, 0], 32));
+        let buf = vec![0u8; 32];
+        let [rgb, u, v] = g.split(&[&buf]).unwrap();
+        assert_eq!((rgb.data.len(), rgb.stride, u.data.len(), v.data.len()), (32, 16, 0, 0));
     }
 
     #[test]
