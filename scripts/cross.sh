@@ -66,9 +66,10 @@ glibc_max=2.36
 
 log() { echo "cross.sh: $*" >&2; }
 die() { log "error: $*"; exit 1; }
-# need_packages, armhf_sysroot, register_binfmt
+# need_packages, armhf_sysroot, register_binfmt, forget_own_build
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
+forget_own_build "$CARGO_TARGET_DIR"
 
 step=${1:-all}
 [ $# -gt 0 ] && shift

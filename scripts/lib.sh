@@ -3,6 +3,19 @@
 # needs. The sourcing script defines `log` and `die` (each message names the
 # script) and `cache` (where logs and the armv7 sysroot go).
 
+# A target directory in the cache is shared by every clone that builds on
+# this machine. Cargo names camnode's own artifacts alike in each clone (by
+# paths relative to the workspace) and judges them fresh by the files'
+# times, so a clone older than another clone's last build would pass for
+# built, with the other's code. camnode itself is therefore rebuilt once
+# per run; its dependencies, fixed per version, are reused. The exported
+# list keeps the scripts this run calls from rebuilding it again.
+forget_own_build() {
+    [[ ${CAMNODE_OWN_BUILD_FORGOTTEN:-} == *"|$1|"* ]] && return 0
+    rm -rf "$1"/*/.fingerprint/camnode-* "$1"/*/*/.fingerprint/camnode-*
+    export CAMNODE_OWN_BUILD_FORGOTTEN="${CAMNODE_OWN_BUILD_FORGOTTEN:-|}$1|"
+}
+
 # Installs the Debian packages of "$@" that are missing, running
 # `apt-get update` at most once per run and only when something must be
 # installed. Uses sudo when not root. A failed install shows the end of

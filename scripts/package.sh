@@ -56,9 +56,10 @@ targets=("$@")
 
 log() { echo "package.sh: $*" >&2; }
 die() { log "error: $*"; exit 1; }
-# need_packages, armhf_sysroot
+# need_packages, armhf_sysroot, forget_own_build
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
+forget_own_build "$CARGO_TARGET_DIR"
 
 describe() {
     case $1 in

@@ -25,6 +25,14 @@ cache=${CAMNODE_CACHE:-$HOME/.cache/camnode}
 # workspace, so clones in different places share them without piling up.
 host_target=${CARGO_TARGET_DIR:-$cache/target-host}
 
+log() { echo "test.sh: $*" >&2; }
+die() { log "error: $*"; exit 1; }
+# forget_own_build
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+forget_own_build "$host_target"
+forget_own_build "${CARGO_TARGET_DIR:-$cache/target-cross}"
+
 step() { echo "=== test.sh: $* ($(date +%H:%M:%S))" >&2; }
 
 step "setup"
