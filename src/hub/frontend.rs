@@ -60,13 +60,16 @@ const OK: &[u8] = b"OK";
 const NOT_STORED: &[u8] = b"ERROR: not stored";
 
 /// Where another thread (JetStream's) sends the nodes' replies; cheap to
-/// clone. The stage on the ingest thread answers directly instead.
+/// clone. The stage on the ingest thread answers directly instead, so a
+/// build without the `nats` feature makes one and never sends through it.
 #[derive(Clone)]
+#[cfg_attr(not(feature = "nats"), allow(dead_code))]
 pub(crate) struct Replies {
     tx: mpsc::Sender<(Bytes, bool)>,
     wake: Arc<Wake>,
 }
 
+#[cfg_attr(not(feature = "nats"), allow(dead_code))]
 impl Replies {
     /// Answers a node: `OK`, or that it must send again. Nothing for PUB nodes.
     pub fn send(&self, to: Option<Bytes>, ok: bool) {
@@ -103,6 +106,8 @@ const MAX_HEADER: usize = 1 << 20;
 const READ_BATCH: usize = 256;
 
 /// What one read from the socket gave.
+// A message is moved once, into the batch: boxing it would allocate per message.
+#[allow(clippy::large_enum_variant)]
 enum Read {
     /// A valid message, for the store.
     Message(Ingested),

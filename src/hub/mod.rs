@@ -463,8 +463,10 @@ mod tests {
 
     #[test]
     fn observers_see_each_accepted_message_once() {
+        /// Kind, node, view and payload size of one accepted message.
+        type Row = (Kind, String, Option<String>, usize);
         #[derive(Default)]
-        struct Seen(Mutex<Vec<(Kind, String, Option<String>, usize)>>);
+        struct Seen(Mutex<Vec<Row>>);
         impl Observer for Seen {
             fn accepted(&self, m: &Accepted) {
                 self.0.lock().unwrap().push((m.kind, m.node.clone(), m.view.clone(), m.payload.len()));
